@@ -153,13 +153,43 @@ def resolve_files(name: str) -> list[Path]:
     entry = registry[name]
     if "mixture" in entry:
         return [f for part in entry["mixture"] for f in resolve_files(part)]
-    files = [data_dir() / f for f in entry.get("files", [])]
-    missing = [f for f in files if not f.exists()]
+    files, missing = registry_files(entry)
     if missing or not files:
+        expected = [str(data_dir() / p) for p in (missing or entry.get("files", []))]
         raise DataError(
-            f"--data {name}: expected file(s) {', '.join(map(str, missing or files))} are not present. "
-            f"Fetch them with: python data/download.py {name}")
+            f"--data {name}: expected file(s) {', '.join(expected) or '(none listed)'} are not present. "
+            + how_to_obtain(name, entry))
     return files
+
+
+def registry_files(entry: dict) -> tuple[list[Path], list[str]]:
+    """The files of a registry entry under ``data_dir()``, and the ``files`` patterns matching none.
+
+    A pattern may be a glob (``xP3/*/merged_*.json``, ``**`` for any depth).
+    """
+    found, missing = [], []
+    for pattern in entry.get("files", []):
+        if any(c in pattern for c in "*?["):
+            matches = sorted(p for p in data_dir().glob(pattern) if p.is_file())
+        else:
+            matches = [data_dir() / pattern] if (data_dir() / pattern).is_file() else []
+        found += matches
+        if not matches:
+            missing.append(pattern)
+    return found, missing
+
+
+def how_to_obtain(name: str, entry: dict) -> str:
+    """One sentence telling the user how to get a registry entry's files."""
+    note = ("The original lists this dataset as in progress. "
+            if entry.get("status") == "in_progress" else "")
+    if entry.get("hub_files"):
+        return note + f"Fetch them with: python data/download.py {name}"
+    target = data_dir() / entry["files"][0] if entry.get("files") else f"{name}.json"
+    return (note + "No already-unified download is known; convert the raw data"
+            + (f" ({entry['source']})" if entry.get("source") else "")
+            + f" with: python data/convert.py --format {entry.get('format', 'FORMAT')} "
+              f"--input RAW [RAW ...] --output {target}")
 
 
 def load_data(specs: list[str], *, seed: int = 42, skip_invalid: bool = False,

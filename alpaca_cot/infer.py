@@ -1,0 +1,188 @@
+"""Load a fine-tune (base + adapter) from its output directory and generate with it.
+
+Every inference script (generate, predict, server, web, evaluate) goes through
+``load_generator``; ``--lora_dir OUT`` alone is enough because base model, model_type and
+template come from ``OUT/alpaca_cot.json``. Flags override the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .loader import load_model, load_tokenizer, resolve_dtype, resolve_spec
+from .metadata import METADATA_FILE, read_metadata
+from .models import ModelSpec
+from .templates import get_template
+from .tokenize import encode_prompts
+
+logger = logging.getLogger(__name__)
+
+
+def fine_tune_metadata(lora_dir: str) -> dict:
+    """The metadata of ``lora_dir``; a bare PEFT adapter folder yields its base model only."""
+    if (Path(lora_dir) / METADATA_FILE).exists() or not (Path(lora_dir) / "adapter_config.json").exists():
+        return read_metadata(lora_dir)
+    config = json.loads((Path(lora_dir) / "adapter_config.json").read_text())
+    return {"base_model": config.get("base_model_name_or_path")}
+
+
+def _pick_base(flag: str | None, meta: dict) -> str | None:
+    if flag:
+        return flag
+    local = meta.get("base_model_path")
+    if local and os.path.isdir(local):
+        return local
+    return meta.get("base_model")
+
+
+@dataclass
+class Generator:
+    """A model ready to answer unified records (``instruction``/``input``/``history``/``system``)."""
+
+    model: object
+    tokenizer: object
+    template: object
+    spec: ModelSpec
+    name: str
+    meta: dict
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prompt_ids(self, records: list[dict]) -> list[list[int]]:
+        return encode_prompts(records, self.tokenizer, self.template)
+
+    def _stop_kwargs(self) -> dict:
+        stops = list(getattr(self.template, "stop_strings", ())) + [getattr(self.template, "response_suffix", "")]
+        stops = [s for s in stops if s]
+        return {"stop_strings": stops, "tokenizer": self.tokenizer} if stops else {}
+
+    def _batch_tensors(self, batch_ids: list[list[int]]):
+        """Left-padded ``input_ids`` and ``attention_mask`` for a batch of prompts."""
+        width = max(len(ids) for ids in batch_ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch_ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids], device=self.device)
+        return input_ids, mask
+
+    @torch.inference_mode()
+    def generate_ids(self, prompts: list[list[int]], gen_kwargs: dict) -> list[list[int]]:
+        """Generate for one batch of prompt ids; returns the new tokens of each, cut at EOS."""
+        input_ids, mask = self._batch_tensors(prompts)
+        out = self.model.generate(input_ids=input_ids, attention_mask=mask, pad_token_id=self.tokenizer.pad_token_id,
+                                  eos_token_id=self.tokenizer.eos_token_id, **self._stop_kwargs(), **gen_kwargs)
+        results = []
+        for row in out[:, input_ids.shape[1]:].tolist():
+            if self.tokenizer.eos_token_id in row:
+                row = row[: row.index(self.tokenizer.eos_token_id)]
+            results.append(row)
+        return results
+
+    def decode(self, ids: list[int]) -> str:
+        return self.template.clean_response(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def generate(self, records: list[dict], gen_kwargs: dict, batch_size: int = 1, seed: int | None = None,
+                 progress: bool = False) -> list[str]:
+        """Answers for ``records`` in order; batches are formed from prompts of similar length."""
+        prompts = self.prompt_ids(records)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        answers: list[str | None] = [None] * len(prompts)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc="generating", unit="batch")
+        for batch in batches:
+            if seed is not None:
+                torch.manual_seed(seed)
+            for i, ids in zip(batch, self.generate_ids([prompts[i] for i in batch], gen_kwargs)):
+                answers[i] = self.decode(ids)
+        return answers
+
+    def stream(self, record: dict, gen_kwargs: dict) -> Iterator[str]:
+        """Yield the answer to one record piece by piece as tokens are generated."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        input_ids, mask = self._batch_tensors(self.prompt_ids([record]))
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, pad_token_id=self.tokenizer.pad_token_id,
+                      eos_token_id=self.tokenizer.eos_token_id, streamer=streamer, **self._stop_kwargs(),
+                      **gen_kwargs)
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        sent, raw = "", ""
+        for piece in streamer:
+            raw += piece
+            text = self._holdback(self.decode_text(raw))
+            if text.startswith(sent) and len(text) > len(sent):
+                yield text[len(sent):]
+                sent = text
+        thread.join()
+        if errors:
+            raise errors[0]
+        final = self.decode_text(raw)
+        if final.startswith(sent) and len(final) > len(sent):
+            yield final[len(sent):]
+
+    def decode_text(self, text: str) -> str:
+        return self.template.clean_response(text)
+
+    def _holdback(self, text: str) -> str:
+        """Hold back a tail that may be the start of a stop string, so it is never shown."""
+        stops = [s for s in getattr(self.template, "stop_strings", ()) if s]
+        for stop in stops:
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:k]):
+                    return text[:-k].rstrip()
+        return text
+
+
+def load_generator(lora_dir: str | None = None, model_name_or_path: str | None = None,
+                   model_type: str | None = None, template: str | None = None,
+                   quantization_bit: int | None = None, compute_dtype: str = "auto",
+                   base_only: bool = False) -> Generator:
+    """Base model (+ adapter from ``lora_dir`` unless ``base_only``) with its tokenizer and template."""
+    from . import peft_methods  # noqa: F401  registers our PEFT methods before any adapter loads
+
+    meta = fine_tune_metadata(lora_dir) if lora_dir else {}
+    full_model = bool(lora_dir) and not (Path(lora_dir) / "adapter_config.json").exists() \
+        and (Path(lora_dir) / "config.json").exists()
+    base = _pick_base(model_name_or_path, meta)
+    if full_model and not base_only and not model_name_or_path:
+        base = lora_dir  # a full fine-tune or merged model: the folder is the model
+    spec, path = resolve_spec(model_type or meta.get("model_type"), base)
+    tpl = get_template(template or meta.get("template") or spec.template)
+    tokenizer = load_tokenizer(lora_dir if lora_dir and (Path(lora_dir) / "tokenizer_config.json").exists()
+                               else path, spec)
+    bits = quantization_bit if quantization_bit is not None else meta.get("quantization_bit")
+    model = load_model(path, spec, quantization_bit=bits, dtype=resolve_dtype(compute_dtype))
+    if torch.cuda.is_available() and not bits:
+        model = model.to("cuda")
+    name = Path(path).name
+    if lora_dir and not base_only and not full_model:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, lora_dir)
+        name = f"{name} + {Path(lora_dir).name}"
+    model.eval()
+    model.config.use_cache = True
+    return Generator(model=model, tokenizer=tokenizer, template=tpl, spec=spec, name=name, meta=meta)

@@ -1,0 +1,185 @@
+"""Records -> token ids and labels. Labels are made here and only here.
+
+Each turn's prompt text and response text (from ``alpaca_cot.templates``) are tokenized
+separately and concatenated; the EOS id is appended after every response. Prompt tokens get
+label -100, response tokens and their EOS are labelled, so loss falls only on assistant
+turns. Inference encodes a request with the same function, so its prompt tokens are exactly
+the training prompt tokens (``tests/test_tokenize.py`` proves it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+IGNORE_INDEX = -100
+FORMAT_VERSION = 1  # bump when the encoding changes, to invalidate cached tokenizations
+
+logger = logging.getLogger(__name__)
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """Ids the tokenizer puts in front of a text by itself (e.g. LLaMA's BOS), found by probing."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start:start + len(plain)] == plain:
+            return list(with_special[:start])
+    return []
+
+
+@dataclass
+class TruncationReport:
+    """How truncation at ``cutoff_len`` affected a dataset."""
+
+    total: int = 0
+    truncated: int = 0
+    dropped: int = 0  # no response token survived: the sample would train on nothing
+    dropped_examples: list[int] = field(default_factory=list)
+
+    def summary(self, cutoff_len: int) -> str:
+        return (f"{self.total} samples; {self.truncated} truncated at cutoff_len={cutoff_len}; "
+                f"{self.dropped} dropped because no response token survived truncation")
+
+
+def _turns_batch(records, template, tokenizer, with_response: bool):
+    return [template.turns(r, with_response=with_response, tokenizer=tokenizer) for r in records]
+
+
+def _tokenize_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    # One batched call to the fast tokenizer; empty strings give [] ids.
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def encode_records(records: list[dict], tokenizer, template, cutoff_len: int,
+                   report: TruncationReport | None = None) -> list[dict]:
+    """Encode training records to ``{"input_ids", "labels"}``; drops samples with no label left.
+
+    Truncation keeps the first ``cutoff_len`` tokens. When the cut falls inside a response,
+    its last kept token is replaced by EOS, so every labelled response still ends in EOS.
+    """
+    report = report if report is not None else TruncationReport()
+    eos = tokenizer.eos_token_id
+    prefix = special_prefix(tokenizer)
+    all_turns = _turns_batch(records, template, tokenizer, with_response=True)
+    texts = [t for turns in all_turns for pair in turns for t in pair]
+    ids = iter(_tokenize_texts(tokenizer, texts))
+    out = []
+    for index, turns in enumerate(all_turns):
+        input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
+        for _ in turns:
+            prompt_ids, response_ids = next(ids), next(ids)
+            input_ids += prompt_ids
+            labels += [IGNORE_INDEX] * len(prompt_ids)
+            input_ids += response_ids + [eos]
+            labels += response_ids + [eos]
+        report.total += 1
+        if len(input_ids) > cutoff_len:
+            report.truncated += 1
+            input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
+            if labels[-1] != IGNORE_INDEX and input_ids[-1] != eos:
+                input_ids[-1] = labels[-1] = eos
+            while labels and labels[-1] == IGNORE_INDEX:  # a cut inside a later prompt
+                input_ids.pop()
+                labels.pop()
+        real = sum(1 for i, lab in enumerate(labels) if lab != IGNORE_INDEX
+                   and not (lab == eos and i > 0 and labels[i - 1] == IGNORE_INDEX))
+        if real == 0:
+            report.dropped += 1
+            if len(report.dropped_examples) < 10:
+                report.dropped_examples.append(index)
+            continue
+        out.append({"input_ids": input_ids, "labels": labels})
+    return out
+
+
+def encode_prompts(records: list[dict], tokenizer, template) -> list[list[int]]:
+    """Encode inference requests: history turns with their responses, then the last prompt."""
+    eos = tokenizer.eos_token_id
+    prefix = special_prefix(tokenizer)
+    all_turns = _turns_batch(records, template, tokenizer, with_response=False)
+    texts = [t for turns in all_turns for pair in turns for t in pair if t is not None]
+    ids = iter(_tokenize_texts(tokenizer, texts))
+    out = []
+    for turns in all_turns:
+        input_ids = list(prefix)
+        for _, response in turns:
+            input_ids += next(ids)
+            if response is not None:
+                input_ids += next(ids) + [eos]
+        out.append(input_ids)
+    return out
+
+
+# ---------------------------------------------------------------- caching
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything about the tokenizer that changes ids."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:  # slow tokenizers: the vocabulary is what matters
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps([tokenizer.eos_token_id, tokenizer.bos_token_id, special_prefix(tokenizer),
+                         type(tokenizer).__name__]).encode())
+    return h.hexdigest()
+
+
+def cache_key(records: list[dict], tokenizer, template, cutoff_len: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(records, ensure_ascii=False, sort_keys=True).encode())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(repr(template).encode())
+    if getattr(tokenizer, "chat_template", None) and template.name == "chat":
+        h.update(str(tokenizer.chat_template).encode())
+    h.update(f"{cutoff_len}:{FORMAT_VERSION}".encode())
+    return h.hexdigest()[:32]
+
+
+def tokenize_cached(records: list[dict], tokenizer, template, cutoff_len: int, cache_dir=None):
+    """Encode ``records`` once; later runs with the same key load the result from disk.
+
+    The key covers the records' content, the tokenizer, the template and ``cutoff_len``.
+    Returns ``(datasets.Dataset, TruncationReport, hit)``.
+    """
+    import os
+    from pathlib import Path
+
+    from datasets import Dataset, load_from_disk
+
+    from .embedded import cache_home
+
+    key = cache_key(records, tokenizer, template, cutoff_len)
+    folder = Path(cache_dir or cache_home() / "tokenized") / key
+    report_file = folder / "report.json"
+    if report_file.exists():
+        report = TruncationReport(**json.loads(report_file.read_text()))
+        return load_from_disk(str(folder / "data")), report, True
+    report = TruncationReport()
+    encoded = encode_records(records, tokenizer, template, cutoff_len, report)
+    dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded],
+                                 "labels": [e["labels"] for e in encoded]})
+    if not encoded:  # nothing to cache (and datasets cannot reload an empty table)
+        return dataset, report, False
+    tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+    disable_progress_bar()
+    try:
+        dataset.save_to_disk(str(tmp / "data"))
+    finally:
+        enable_progress_bar()
+    (tmp / "report.json").write_text(json.dumps(report.__dict__))
+    try:
+        os.replace(tmp, folder)  # atomic: a reader sees a whole cache entry or none
+    except OSError:  # another process wrote the same entry first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_from_disk(str(folder / "data")), report, False

@@ -1,0 +1,319 @@
+"""Fine-tuning: registry model + instruction data + PEFT method -> HF Trainer -> output directory.
+
+``run()`` is what ``uniform_finetune.py`` calls. Settings that cannot work together are refused
+before the model loads. The output directory ends up holding the adapter (PEFT format), the
+tokenizer, ``loss.png``, resumable ``checkpoint-N`` folders and ``alpaca_cot.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArguments
+from .data.loading import load_data
+from .data.schema import DataError
+from .loader import load_model, load_tokenizer, resolve_dtype, resolve_spec
+from .metadata import METADATA_FILE, write_metadata
+from .models import resolve_target_modules
+from .peft_methods import get_method, method_params
+from .templates import get_template
+from .tokenize import tokenize_cached
+
+logger = logging.getLogger("alpaca_cot")
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together; the message says what to change."""
+
+
+def setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                            level=logging.INFO, stream=sys.stderr)
+
+
+def default_output_dir(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArguments,
+                       ft_args: FinetuneArguments) -> str:
+    """``saved_models/<model>_<data>_<lr>_<peft>`` as the original derived it."""
+    model = Path(model_args.model_name_or_path or model_args.model_type or "smollm2-135m-instruct").name
+    data = "+".join(Path(d).stem if os.path.exists(d) else d for d in data_args.data)
+    name = re.sub(r"[^A-Za-z0-9_.+:-]+", "-", f"{model}_{data}_{ft_args.learning_rate:g}_{peft_args.peft_type}")
+    return str(Path("saved_models") / name.replace(":", "-"))
+
+
+def split_records(records: list[dict], val_set_size: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded split into (train, validation); refuses a validation set as large as the data."""
+    if val_set_size < 0:
+        raise ConfigError(f"--val_set_size must be >= 0, got {val_set_size:g}")
+    n_val = int(val_set_size) if val_set_size >= 1 else round(len(records) * val_set_size)
+    if val_set_size >= 1 and val_set_size != int(val_set_size):
+        raise ConfigError(f"--val_set_size {val_set_size:g}: use a whole count or a fraction below 1")
+    if n_val >= len(records):
+        raise ConfigError(f"--val_set_size {val_set_size:g} asks for {n_val} validation records but the data has "
+                          f"only {len(records)}; lower --val_set_size (or give more --data)")
+    if n_val == 0:
+        return records, []
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    val = set(order[:n_val])
+    return [r for i, r in enumerate(records) if i not in val], [records[i] for i in sorted(val)]
+
+
+def resolve_checkpoint(resume: str | None, output_dir: str) -> str | None:
+    if not resume:
+        return None
+    if resume == "latest":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise ConfigError(f"--resume_from_checkpoint: no checkpoint-N folder in {output_dir} to resume from")
+        return last
+    if not os.path.isdir(resume):
+        raise ConfigError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    return resume
+
+
+def validate(model_args, data_args, peft_args, ft_args) -> None:
+    """Checks that need no model and no data, run first."""
+    method = get_method(peft_args.peft_type)
+    if model_args.quantization_bit not in (None, 4, 8):
+        raise ConfigError(f"--quantization_bit must be 4 or 8, got {model_args.quantization_bit}")
+    if model_args.quantization_bit and not method.quantization:
+        raise ConfigError(f"--peft_type {method.name} does not train on a quantized base; "
+                          "drop --quantization_bit or pick a method that supports it (e.g. lora)")
+    if peft_args.lora_target_modules and not method.uses_targets:
+        raise ConfigError(f"--peft_type {method.name} adapts no modules; drop --lora_target_modules")
+    for name in ("per_gpu_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+        if getattr(ft_args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1")
+    if data_args.cutoff_len < 2:
+        raise ConfigError("--cutoff_len must be >= 2")
+    if ft_args.max_steps <= 0 and ft_args.epochs <= 0:
+        raise ConfigError("set --epochs > 0 or --max_steps > 0")
+    if ft_args.learning_rate <= 0:
+        raise ConfigError("--learning_rate must be > 0")
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArguments,
+        ft_args: FinetuneArguments) -> dict:
+    """Fine-tune and write the output directory; returns the final metrics."""
+    setup_logging()
+    started = time.time()
+    validate(model_args, data_args, peft_args, ft_args)
+    method = get_method(peft_args.peft_type)
+    params = method_params(peft_args)
+    output_dir = ft_args.output_dir or default_output_dir(model_args, data_args, peft_args, ft_args)
+    checkpoint = resolve_checkpoint(ft_args.resume_from_checkpoint, output_dir)
+    spec, model_path = resolve_spec(model_args.model_type, model_args.model_name_or_path)
+    template = get_template(model_args.template or spec.template)
+
+    records, load_report = load_data(data_args.data, seed=ft_args.seed, skip_invalid=data_args.skip_invalid)
+    if not records:
+        raise DataError(f"--data {' '.join(data_args.data)}: no records to train on")
+    if load_report.skipped:
+        logger.warning("skipped %d invalid records (first: %s)", len(load_report.skipped), load_report.skipped[0])
+    train_records, val_records = split_records(records, data_args.val_set_size, ft_args.seed)
+
+    tokenizer = load_tokenizer(model_path, spec)
+    train_set, report, hit = tokenize_cached(train_records, tokenizer, template, data_args.cutoff_len)
+    logger.info("training data: %s (%s)", report.summary(data_args.cutoff_len), "cached" if hit else "tokenized")
+    if report.dropped:
+        logger.warning("%d samples had no response token left after truncation and were dropped (record indices "
+                       "%s...); raise --cutoff_len to keep them", report.dropped, report.dropped_examples)
+    if len(train_set) == 0:
+        raise ConfigError(f"no sample keeps a response token at --cutoff_len {data_args.cutoff_len}; raise it")
+    val_set = tokenize_cached(val_records, tokenizer, template, data_args.cutoff_len)[0] if val_records else None
+
+    dtype = resolve_dtype(model_args.compute_dtype)
+    model = load_model(model_path, spec, quantization_bit=model_args.quantization_bit, dtype=dtype)
+    model.config.use_cache = False  # a cache in train mode would also break packed-sample isolation
+    targets = resolve_target_modules(model, spec, peft_args.lora_target_modules) if method.uses_targets else None
+    model = wrap_model(model, method, params, targets, model_args, ft_args)
+
+    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+
+    set_seed(ft_args.seed)
+    trainer = Trainer(
+        model=model, args=training_arguments(ft_args, output_dir, dtype, has_eval=val_set is not None),
+        train_dataset=train_set, eval_dataset=val_set, processing_class=tokenizer,
+        # Pads input_ids with pad and labels with -100; never rewrites labels.
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+        callbacks=[InterruptCallback(), LossPlotCallback(output_dir)])
+    with interrupt_handler(trainer):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics)
+    if val_set is not None:
+        metrics.update(trainer.evaluate())
+    interrupted = _interrupted(trainer)
+    metrics.update(train_samples=len(train_set), truncated=report.truncated, dropped=report.dropped,
+                   global_step=trainer.state.global_step, interrupted=interrupted,
+                   wall_seconds=round(time.time() - started, 1))
+    if trainer.is_world_process_zero():
+        meta = {"base_model": model_args.model_name_or_path or spec.default_checkpoint,
+                "base_model_path": model_path, "model_type": spec.name, "template": template.name,
+                "peft_type": method.name, "peft_params": params, "target_modules": targets,
+                "quantization_bit": model_args.quantization_bit, "data": data_args.data,
+                "cutoff_len": data_args.cutoff_len, "metrics": metrics,
+                "args": {k: v for a in (model_args, data_args, peft_args, ft_args) for k, v in vars(a).items()},
+                "versions": _versions()}
+        save_final(trainer, tokenizer, output_dir, meta)
+        logger.info("saved %s to %s", method.name, output_dir)
+    return metrics
+
+
+def wrap_model(model, method, params, targets, model_args, ft_args):
+    """Apply the PEFT method (after k-bit preparation or gradient checkpointing when asked)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if model_args.quantization_bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ft_args.gradient_checkpointing)
+    elif ft_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if method.build is None:
+        return model
+    model = get_peft_model(model, method.build(params, targets))
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("trainable params: %s || all params: %s || trainable%%: %.4f",
+                f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model
+
+
+def training_arguments(ft_args: FinetuneArguments, output_dir: str, dtype, has_eval: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    eval_kwargs = {"eval_strategy": "steps", "eval_steps": ft_args.save_steps} if has_eval else {}
+    return TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=ft_args.per_gpu_train_batch_size,
+        per_device_eval_batch_size=ft_args.per_gpu_train_batch_size,
+        gradient_accumulation_steps=ft_args.gradient_accumulation_steps, num_train_epochs=ft_args.epochs,
+        max_steps=ft_args.max_steps, learning_rate=ft_args.learning_rate, warmup_steps=ft_args.warmup_ratio,
+        lr_scheduler_type=ft_args.lr_scheduler_type, weight_decay=ft_args.weight_decay,
+        logging_steps=ft_args.logging_steps, logging_first_step=True, save_strategy="steps",
+        save_steps=ft_args.save_steps, save_total_limit=ft_args.save_total_limit, seed=ft_args.seed,
+        report_to=[] if ft_args.report_to == "none" else [ft_args.report_to],
+        bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
+        remove_unused_columns=False, use_cpu=not on_gpu, dataloader_num_workers=0, **eval_kwargs)
+
+
+# ---------------------------------------------------------------- Ctrl-C, loss plot, final save
+
+class InterruptCallback(TrainerCallback):
+    """On Ctrl-C: finish the current step, write a resumable checkpoint, stop training."""
+
+    interrupted = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def _interrupted(trainer) -> bool:
+    return any(getattr(cb, "interrupted", False) for cb in trainer.callback_handler.callbacks
+               if isinstance(cb, InterruptCallback))
+
+
+class interrupt_handler:
+    """First Ctrl-C stops training gracefully (adapter saved); a second one aborts at once."""
+
+    def __init__(self, trainer):
+        self.callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, InterruptCallback))
+        self.previous = None
+
+    def _handle(self, signum, frame):
+        logger.warning("interrupted: finishing this step, saving a checkpoint and the adapter "
+                       "(press Ctrl-C again to abort without saving)")
+        self.callback.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+class LossPlotCallback(TrainerCallback):
+    """Writes ``loss.png`` (training and validation loss by step) when training ends."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_loss(state.log_history, Path(self.output_dir) / "loss.png")
+
+
+def plot_loss(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if not train and not val:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for points, label in ((train, "train"), (val, "validation")):
+        if points:
+            ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def save_final(trainer, tokenizer, output_dir: str, meta: dict) -> None:
+    """Write adapter + tokenizer + metadata so a reader never sees a half-written output dir.
+
+    Files are saved into a temporary folder, the old metadata file is removed, the files are
+    renamed into place, and the metadata is written last.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (out / METADATA_FILE).unlink(missing_ok=True)
+        for item in Path(tmp).iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    write_metadata(out, meta)
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

@@ -1,0 +1,66 @@
+"""Shared fixtures: the real embedded default model and tiny random models built from configs.
+
+Everything runs offline: HF_HUB_OFFLINE is forced before transformers is imported.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: scripts + package
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> str:
+    from alpaca_cot.embedded import DEFAULT_MODEL, resolve_embedded
+
+    return resolve_embedded(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tokenizer):
+    """``factory(family) -> folder`` of a tiny random model of that registry family (cached per session)."""
+    from tiny_models import build_tiny_model
+
+    built = {}
+
+    def factory(family: str, **overrides) -> str:
+        key = (family, tuple(sorted(overrides.items())))
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"tiny-{family}")
+            built[key] = build_tiny_model(family, folder, tokenizer, **overrides)
+        return built[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_model_factory) -> str:
+    return tiny_model_factory("llama")
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch):
+    """A private tokenization cache, so a test sees cold and warm runs of its own."""
+    home = tmp_path / "cache_home"
+    models = home / "models"
+    models.mkdir(parents=True)
+    from alpaca_cot.embedded import cache_home
+
+    real_models = cache_home() / "models"
+    for child in real_models.iterdir() if real_models.exists() else []:
+        (models / child.name).symlink_to(child)
+    monkeypatch.setenv("ALPACA_COT_HOME", str(home))
+    return home
