@@ -108,7 +108,8 @@ def parse(dataclass_types, argv: list[str] | None = None, description: str | Non
         if i + 1 >= len(argv):
             raise SystemExit("error: --config needs a file path")
         argv = config_file_args(argv[i + 1]) + argv[:i] + argv[i + 2:]
-    parser = HfArgumentParser(dataclass_types, description=description)
+    # allow_abbrev=False: a misspelt or shortened flag is an error, never a silent match.
+    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False)
     parser.add_argument("--config", help="YAML or JSON file of flag values (flags on the command line win)")
     namespace = parser.parse_args(argv)
     outputs = []

@@ -133,9 +133,11 @@ def resolve_target_modules(model, spec: ModelSpec, requested: list[str] | None) 
     Raises ValueError naming the model's linear layers when a requested name matches nothing.
     """
     available = linear_module_names(model)
+    if requested == ["all-linear"]:
+        return available
     targets = list(requested or spec.target_modules or available)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    unknown = [t for t in targets if t not in present and t != "all-linear"]
+    unknown = [t for t in targets if t not in present]
     if unknown:
         raise ValueError(f"target module(s) {unknown} not found in the model; its linear layers are: "
                          f"{', '.join(available)} (set --lora_target_modules)")

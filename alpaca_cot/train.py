@@ -25,7 +25,7 @@ from .data.loading import load_data
 from .data.schema import DataError
 from .loader import load_model, load_tokenizer, resolve_dtype, resolve_spec
 from .metadata import METADATA_FILE, write_metadata
-from .models import resolve_target_modules
+from .models import get_spec, resolve_target_modules
 from .peft_methods import get_method, method_params
 from .templates import get_template
 from .tokenize import tokenize_cached
@@ -47,7 +47,7 @@ def default_output_dir(model_args: ModelArguments, data_args: DataArguments, pef
                        ft_args: FinetuneArguments) -> str:
     """``saved_models/<model>_<data>_<lr>_<peft>`` as the original derived it."""
     model = Path(model_args.model_name_or_path or model_args.model_type or "smollm2-135m-instruct").name
-    data = "+".join(Path(d).stem if os.path.exists(d) else d for d in data_args.data)
+    data = "+".join(Path(d).stem if os.sep in d or os.path.exists(d) else d for d in data_args.data)
     name = re.sub(r"[^A-Za-z0-9_.+:-]+", "-", f"{model}_{data}_{ft_args.learning_rate:g}_{peft_args.peft_type}")
     return str(Path("saved_models") / name.replace(":", "-"))
 
@@ -87,7 +87,14 @@ def resolve_checkpoint(resume: str | None, output_dir: str) -> str | None:
 
 def validate(model_args, data_args, peft_args, ft_args) -> None:
     """Checks that need no model and no data, run first."""
-    method = get_method(peft_args.peft_type)
+    try:  # registry lookups: unknown names are settings errors
+        method = get_method(peft_args.peft_type)
+        if model_args.model_type:
+            get_spec(model_args.model_type)
+        if model_args.template:
+            get_template(model_args.template)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if model_args.quantization_bit not in (None, 4, 8):
         raise ConfigError(f"--quantization_bit must be 4 or 8, got {model_args.quantization_bit}")
     if model_args.quantization_bit and not method.quantization:
@@ -139,7 +146,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     dtype = resolve_dtype(model_args.compute_dtype)
     model = load_model(model_path, spec, quantization_bit=model_args.quantization_bit, dtype=dtype)
     model.config.use_cache = False  # a cache in train mode would also break packed-sample isolation
-    targets = resolve_target_modules(model, spec, peft_args.lora_target_modules) if method.uses_targets else None
+    try:
+        targets = resolve_target_modules(model, spec, peft_args.lora_target_modules) if method.uses_targets else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     model = wrap_model(model, method, params, targets, model_args, ft_args)
 
     from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
@@ -151,6 +161,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
         # Pads input_ids with pad and labels with -100; never rewrites labels.
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
         callbacks=[InterruptCallback(), LossPlotCallback(output_dir)])
+    if checkpoint:
+        import json
+
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        logger.info("resuming from %s at step %d (optimizer, scheduler and data position restored)",
+                    checkpoint, state["global_step"])
     with interrupt_handler(trainer):
         result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics)
