@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-dev demo test test-fast clean
+.PHONY: install install-dev browser demo test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,21 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	touch $@
 
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev browser
+
+# tests/test_web.py drives Debian's headless chromium through chromium-driver: installed with
+# apt-get when missing (as root, else with sudo); without apt the browser test is skipped.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver for the browser test (apt-get)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
+		|| { echo "apt-get could not install chromium chromium-driver (see above)"; exit 1; }; \
+	else \
+		echo "NOTE: apt-get is not available: install chromium and chromedriver yourself;" \
+		     "until then tests/test_web.py is skipped"; \
+	fi
 
 demo: install
 	$(BIN)/python -m alpaca_cot.demo

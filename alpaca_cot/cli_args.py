@@ -33,7 +33,8 @@ class ModelArguments:
     quantization_bit: Optional[int] = field(default=None, metadata=_help(
         "Load the base model in 4-bit (nf4, double quantization) or 8-bit with bitsandbytes."))
     compute_dtype: str = field(default="auto", metadata=_help(
-        "Dtype of the base weights and of 4-bit compute: auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16."))
+        "Dtype of the base weights and of 4-bit compute: auto (bf16/fp16 on GPU; on the CPU: fp32, but bf16 "
+        "autocast for training on CPUs with bf16 matrix units), fp32, bf16, fp16."))
 
 
 @dataclass
@@ -129,18 +130,52 @@ class DataArguments:
         "Held-out validation records: a count (>= 1) or a fraction (< 1); 0 disables evaluation."))
     skip_invalid: bool = field(default=False, metadata=_help(
         "Skip (and count) invalid records instead of stopping at the first one."))
+    packing: Optional[bool] = field(default=None, metadata=_help(
+        "Padding-free training: each micro-batch's samples in one row, isolated from each other. Default: on "
+        "where a check shows the model isolates packed samples, else length-grouped padding (logged once)."))
+    group_by_length: Optional[bool] = field(default=None, metadata=_help(
+        "Batch samples of similar length together (less padding). Default: on when not packing."))
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata=_help(
+        "Processes for tokenization (default: 1, as the fast tokenizer already uses every core; up to 4 for "
+        "5,000+ records when TOKENIZERS_PARALLELISM is off)."))
 
 
 @dataclass
 class PeftArguments:
-    peft_type: str = field(default="lora", metadata=_help("Parameter-efficient method (see peft/ for presets)."))
+    peft_type: str = field(default="lora", metadata=_help(
+        "Tuning method: lora, adalora, dora, loha, lokr, ia3, prefix, p_tuning, prompt, sadapter_h, sadapter_p, "
+        "padapter, full, freeze (presets in peft/<name>.yaml; QLoRA: lora with --quantization_bit 4)."))
     peft_config: Optional[str] = field(default=None, metadata=_help(
         "A custom preset file (YAML/JSON) replacing peft/<peft_type>.yaml."))
-    lora_r: Optional[int] = field(default=None, metadata=_help("LoRA rank (preset: 8)."))
-    lora_alpha: Optional[float] = field(default=None, metadata=_help("LoRA alpha (preset: 16)."))
-    lora_dropout: Optional[float] = field(default=None, metadata=_help("LoRA dropout (preset: 0.05)."))
+    lora_r: Optional[int] = field(default=None, metadata=_help(
+        "Rank of lora, dora, loha, lokr; adalora's average target rank (presets: 8)."))
+    lora_alpha: Optional[float] = field(default=None, metadata=_help(
+        "Alpha of lora, dora, adalora, loha, lokr (presets: 16)."))
+    lora_dropout: Optional[float] = field(default=None, metadata=_help(
+        "Dropout of lora, dora, adalora (presets: 0.05)."))
     lora_target_modules: Optional[list[str]] = field(default=None, metadata=_help(
-        "Module names to adapt (default: the model family's; 'all-linear' for every linear layer)."))
+        "Module names to adapt (default: the model family's; ia3 and the adapters: their own placement; "
+        "'all-linear' for every linear layer)."))
+    adalora_init_r: Optional[int] = field(default=None, metadata=_help("AdaLoRA initial rank (preset: 12)."))
+    adalora_tinit: Optional[int] = field(default=None, metadata=_help(
+        "AdaLoRA warm-up steps without rank pruning (preset: 200)."))
+    adalora_tfinal: Optional[int] = field(default=None, metadata=_help(
+        "AdaLoRA final steps at the fixed rank budget (preset: 1000)."))
+    adalora_delta_t: Optional[int] = field(default=None, metadata=_help(
+        "AdaLoRA steps between rank re-allocations (preset: 10)."))
+    num_virtual_tokens: Optional[int] = field(default=None, metadata=_help(
+        "Virtual tokens of prefix, p_tuning, prompt (preset: 20)."))
+    prompt_encoder_hidden_size: Optional[int] = field(default=None, metadata=_help(
+        "Hidden size of the prefix / p_tuning prompt encoder (preset: 128)."))
+    bottleneck_size: Optional[int] = field(default=None, metadata=_help(
+        "Width of the sadapter_h, sadapter_p, padapter bottleneck (preset: 64)."))
+    non_linearity: Optional[str] = field(default=None, metadata=_help(
+        "Adapter non-linearity: relu, gelu, silu, tanh (preset: tanh)."))
+    adapter_dropout: Optional[float] = field(default=None, metadata=_help("Dropout on the adapter input (preset: 0)."))
+    adapter_scaling: Optional[float] = field(default=None, metadata=_help(
+        "Scale of the adapter output (presets: 1; padapter 4)."))
+    freeze_trainable_layers: Optional[int] = field(default=None, metadata=_help(
+        "freeze: how many of the last transformer layers train (preset: 2)."))
 
 
 @dataclass
@@ -166,3 +201,9 @@ class FinetuneArguments:
     report_to: str = field(default="none", metadata=_help("Experiment tracker: none, tensorboard, wandb."))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute activations in the backward pass: less memory, slower."))
+    deepspeed: Optional[str] = field(default=None, metadata=_help(
+        "DeepSpeed config file, e.g. configs/ds_zero2.json or configs/ds_zero3.json (launch with deepspeed/torchrun)."))
+    fsdp: Optional[str] = field(default=None, metadata=_help(
+        "Fully sharded data parallel: true (settings from --fsdp_config, e.g. configs/fsdp.json) or a Trainer "
+        "strategy string such as 'full_shard auto_wrap' (launch with torchrun)."))
+    fsdp_config: Optional[str] = field(default=None, metadata=_help("FSDP config file, e.g. configs/fsdp.json."))

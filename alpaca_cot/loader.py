@@ -14,12 +14,27 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
-def resolve_dtype(name: str | None) -> torch.dtype:
-    """``auto`` is bf16 on a GPU that supports it, fp16 on other GPUs and fp32 on the CPU."""
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX); elsewhere bf16 is slow."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers; without them, keep fp32
+        return False
+
+
+def resolve_dtype(name: str | None, training: bool = False) -> torch.dtype:
+    """``auto`` is bf16 on a GPU that supports it, fp16 on other GPUs and fp32 on the CPU.
+
+    For training on a CPU with bf16 matrix units, ``auto`` is bf16: the frozen base in bf16 under
+    bf16 autocast, trainable weights and optimizer state in fp32 (``upcast_trainable``).
+    Measured on the embedded model, LoRA q,v, packed micro-batches of 4 bench512 samples, 2
+    threads, time per step: bf16 0.63x fp32 (0.50-0.75 over 12 paired steps; one thread: 0.55x,
+    0.50-0.59 over 8), per-batch loss within 0.003 of fp32 (0.15%).
+    """
     if name in (None, "auto"):
         if torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if training and cpu_has_bf16_matmul() else torch.float32
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; use one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -82,3 +97,13 @@ def load_model(path: str, spec: ModelSpec, *, quantization_bit: int | None = Non
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     return cls.from_pretrained(path, **kwargs)
+
+
+def upcast_trainable(model) -> int:
+    """Keep trainable weights (and so their gradients and optimizer state) in fp32 over a half-precision base."""
+    count = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+            count += 1
+    return count

@@ -97,6 +97,43 @@ def encode_records(records: list[dict], tokenizer, template, cutoff_len: int,
     return out
 
 
+_WORK: tuple | None = None  # (records, tokenizer, template, cutoff_len), inherited by forked workers
+
+
+def _encode_chunk(bounds: tuple[int, int]) -> tuple[list[dict], dict]:
+    records, tokenizer, template, cutoff_len = _WORK
+    report = TruncationReport()
+    return encode_records(records[bounds[0]:bounds[1]], tokenizer, template, cutoff_len, report), report.__dict__
+
+
+def encode_records_parallel(records: list[dict], tokenizer, template, cutoff_len: int, num_workers: int,
+                            report: TruncationReport | None = None) -> list[dict]:
+    """``encode_records`` split over ``num_workers`` forked processes; the same output, in order."""
+    import multiprocessing as mp
+
+    report = report if report is not None else TruncationReport()
+    if num_workers <= 1 or len(records) < 2 * num_workers or "fork" not in mp.get_all_start_methods():
+        return encode_records(records, tokenizer, template, cutoff_len, report)
+    global _WORK
+    step = -(-len(records) // num_workers)
+    chunks = [(start, min(start + step, len(records))) for start in range(0, len(records), step)]
+    _WORK = (records, tokenizer, template, cutoff_len)
+    try:
+        with mp.get_context("fork").Pool(len(chunks)) as pool:
+            results = pool.map(_encode_chunk, chunks)
+    finally:
+        _WORK = None
+    out = []
+    for (start, _), (encoded, part) in zip(chunks, results):
+        out += encoded
+        report.total += part["total"]
+        report.truncated += part["truncated"]
+        report.dropped += part["dropped"]
+        room = 10 - len(report.dropped_examples)
+        report.dropped_examples += [start + i for i in part["dropped_examples"][:max(room, 0)]]
+    return out
+
+
 def encode_prompts(records: list[dict], tokenizer, template) -> list[list[int]]:
     """Encode inference requests: history turns with their responses, then the last prompt."""
     eos = tokenizer.eos_token_id
@@ -142,11 +179,13 @@ def cache_key(records: list[dict], tokenizer, template, cutoff_len: int) -> str:
     return h.hexdigest()[:32]
 
 
-def tokenize_cached(records: list[dict], tokenizer, template, cutoff_len: int, cache_dir=None):
+def tokenize_cached(records: list[dict], tokenizer, template, cutoff_len: int, cache_dir=None,
+                    num_workers: int = 1):
     """Encode ``records`` once; later runs with the same key load the result from disk.
 
     The key covers the records' content, the tokenizer, the template and ``cutoff_len``.
-    Returns ``(datasets.Dataset, TruncationReport, hit)``.
+    Returns ``(datasets.Dataset, TruncationReport, hit)``. ``num_workers`` > 1 tokenizes in that many
+    processes (same result; not part of the key).
     """
     import os
     from pathlib import Path
@@ -162,7 +201,7 @@ def tokenize_cached(records: list[dict], tokenizer, template, cutoff_len: int, c
         report = TruncationReport(**json.loads(report_file.read_text()))
         return load_from_disk(str(folder / "data")), report, True
     report = TruncationReport()
-    encoded = encode_records(records, tokenizer, template, cutoff_len, report)
+    encoded = encode_records_parallel(records, tokenizer, template, cutoff_len, num_workers, report)
     dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded],
                                  "labels": [e["labels"] for e in encoded]})
     if not encoded:  # nothing to cache (and datasets cannot reload an empty table)

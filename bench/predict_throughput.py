@@ -1,0 +1,63 @@
+"""Batch-prediction throughput at several batch sizes, in one run on one loaded model.
+
+    python bench/predict_throughput.py --lora_dir out --data demo:64 --max_new_tokens 64
+    python bench/predict_throughput.py --model_name_or_path smollm2-135m-instruct --batch_sizes 1 4 8
+
+Runs ``alpaca_cot.predict.predict`` (the code path of predict.py) over the same records,
+greedy, once per batch size, after a warm-up, and reports new tokens per second (tokens up
+to EOS; padding and tokens after EOS are not counted) and the ratio to the first batch size.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alpaca_cot.data.loading import load_data  # noqa: E402
+from alpaca_cot.infer import load_generator  # noqa: E402
+from alpaca_cot.predict import predict  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lora_dir")
+    parser.add_argument("--model_name_or_path")
+    parser.add_argument("--template")
+    parser.add_argument("--data", nargs="+", default=["demo:64"])
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--compute_dtype", default="auto")
+    args = parser.parse_args(argv)
+
+    records, _ = load_data(args.data, require_output=False)
+    generator = load_generator(args.lora_dir, args.model_name_or_path, template=args.template,
+                               compute_dtype=args.compute_dtype)
+    kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
+    generator.generate_ids(generator.prompt_ids(records[:1]), {**kwargs, "max_new_tokens": 4})  # warm-up
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.batch_sizes:
+            started = time.perf_counter()
+            report = predict(generator, records, Path(tmp) / f"b{size}.jsonl", kwargs, batch_size=size,
+                             progress=False)
+            seconds = time.perf_counter() - started
+            results.append({"batch_size": size, "records": len(records), "new_tokens": report.new_tokens,
+                            "seconds": round(seconds, 2), "tokens_per_s": round(report.new_tokens / seconds, 2)})
+            print(json.dumps(results[-1]), flush=True)
+    first = results[0]["tokens_per_s"]
+    print(f"\nmodel {generator.name}, {len(records)} records of {' '.join(args.data)}, greedy, "
+          f"max_new_tokens {args.max_new_tokens}")
+    print("| batch size | new tokens | seconds | tokens/s | vs batch %d |" % results[0]["batch_size"])
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['batch_size']} | {r['new_tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
+              f"{r['tokens_per_s'] / first:.2f}x |")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Merge a fine-tune's adapter into its base model: a standalone checkpoint with tokenizer.
+
+    python merge.py --lora_dir out --merged_dir merged
+    python merge.py --lora_dir out --merged_dir merged --compute_dtype bf16 --overwrite
+    python generate.py --lora_dir merged --instruction "..."          # or --model_name_or_path merged
+
+The merged folder (safetensors, tokenizer, alpaca_cot.json) loads with
+``AutoModelForCausalLM.from_pretrained(merged)`` alone. Prompt-based methods cannot be merged
+and are refused; a base quantized for training is merged in full precision, with a warning.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from alpaca_cot.cli_args import parse
+
+
+@dataclass
+class MergeArguments:
+    lora_dir: str = field(metadata={"help": "Output directory of uniform_finetune.py (holding the adapter)."})
+    merged_dir: str = field(metadata={"help": "Where the merged checkpoint goes (created; must be empty)."})
+    model_name_or_path: Optional[str] = field(default=None, metadata={
+        "help": "Base checkpoint (default: the one recorded in --lora_dir)."})
+    model_type: Optional[str] = field(default=None, metadata={"help": "Model family (default: recorded)."})
+    compute_dtype: str = field(default="auto", metadata={
+        "help": "Dtype of the merged weights: auto (the base checkpoint's own), fp32, bf16, fp16."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --merged_dir."})
+
+
+def main(argv=None):
+    (args,) = parse((MergeArguments,), argv, description=__doc__)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from alpaca_cot.merge import merge
+
+    try:
+        target = merge(args.lora_dir, args.merged_dir, model_name_or_path=args.model_name_or_path,
+                       model_type=args.model_type, dtype=args.compute_dtype, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(f"merged checkpoint saved to {target}")
+    return target
+
+
+if __name__ == "__main__":
+    main()

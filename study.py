@@ -1,0 +1,49 @@
+"""Run an ablation study: a grid of fine-tunes, each evaluated, into one results table and plots.
+
+    python study.py studies/cot_ablation.yaml                 # run, or resume where it stopped
+    python study.py studies/peft_methods.yaml --smoke         # the same grid, tiny: checks the wiring
+    python study.py studies/peft_methods.yaml --set train.max_steps=50 --set evaluate.cot_math.max_samples=20
+    python study.py studies/cot_ablation.yaml --dry_run       # list the cells, check every flag
+    python study.py studies/cot_ablation.yaml --report_only   # rebuild results.md and plots
+
+The study file's format is described in alpaca_cot/study.py. Results: OUT/results.md (one row
+per cell, best per column in bold), OUT/results.json, OUT/plots/*.png, and every cell's
+fine-tune and evaluation under OUT/cells/.
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("study", help="the study file (YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting by its dotted path, e.g. train.max_steps=10 (repeatable)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="apply the file's 'smoke' overrides (a tiny run) and write to OUTPUT_DIR_smoke")
+    parser.add_argument("--output_dir", help="where the study writes (default: the file's output_dir)")
+    parser.add_argument("--dry_run", action="store_true", help="list the cells and check their flags, run nothing")
+    parser.add_argument("--report_only", action="store_true", help="rebuild results.md and plots, run nothing")
+    args = parser.parse_args(argv)
+    from alpaca_cot.data.schema import DataError
+    from alpaca_cot.evaluation.judged import JudgeError
+    from alpaca_cot.study import StudyError, StudyInterrupted, run_study
+    from alpaca_cot.train import ConfigError, setup_logging
+
+    setup_logging()
+    overrides = args.overrides + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    try:
+        out = run_study(args.study, overrides, smoke=args.smoke, report_only=args.report_only, dry_run=args.dry_run)
+    except (StudyInterrupted, KeyboardInterrupt) as e:
+        sys.exit(f"interrupted{': ' + str(e) if str(e) else ''}; run the same command again to resume")
+    except (StudyError, ConfigError, DataError, JudgeError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    if not args.dry_run:
+        print((out / "results.md").read_text(encoding="utf-8"))
+    return out
+
+
+if __name__ == "__main__":
+    main()

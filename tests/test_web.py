@@ -1,0 +1,94 @@
+"""web.py in a real browser: start it on a free loopback port, open the page in headless Chromium,
+send a message, see the streamed reply, clear the conversation; a screenshot is saved."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver: run `make install-dev` "
+                                           "(apt-get install chromium chromium-driver)")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def web(default_model_dir, tmp_path):
+    port, log = free_port(), open(tmp_path / "web.log", "w+")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "web.py"), "--model_name_or_path", default_model_dir,
+                             "--port", str(port), "--greedy", "--max_new_tokens", "16"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, (tmp_path / "web.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture()
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_chat_page_answers_in_the_browser(web, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 180)
+    browser.get(web)
+    box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#message textarea"))
+    assert "smollm2-135m-instruct" in browser.find_element(By.ID, "model-name").text
+    browser.find_element(By.CSS_SELECTOR, "#settings button, #settings .label-wrap").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#settings input[type=range]")) == 5)  # the sliders
+
+    def bot_messages(driver):
+        return [m.text.strip() for m in driver.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='bot']")]
+
+    box.send_keys("Name three colours.")
+    box.send_keys(Keys.ENTER)
+    wait.until(lambda d: bot_messages(d) and bot_messages(d)[-1])
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#chatbot .generating, #chatbot .pending"))
+    time.sleep(1)  # let the last streamed pieces render
+    (reply,) = bot_messages(browser)
+    assert reply and "Name three colours." in browser.find_element(By.ID, "chatbot").text
+    browser.save_screenshot(str(tmp_path / "chat.png"))
+    assert (tmp_path / "chat.png").stat().st_size > 10_000
+
+    browser.find_element(By.ID, "clear").click()
+    wait.until(lambda d: not bot_messages(d))
