@@ -27,9 +27,11 @@ def resolve_dtype(name: str | None, training: bool = False) -> torch.dtype:
 
     For training on a CPU with bf16 matrix units, ``auto`` is bf16: the frozen base in bf16 under
     bf16 autocast, trainable weights and optimizer state in fp32 (``upcast_trainable``).
-    Measured on the embedded model, LoRA q,v, packed micro-batches of 4 bench512 samples, 2
-    threads, time per step: bf16 0.63x fp32 (0.50-0.75 over 12 paired steps; one thread: 0.55x,
-    0.50-0.59 over 8), per-batch loss within 0.003 of fp32 (0.15%).
+    Measured on the embedded model, LoRA q,v, packed micro-batches of 4, 2 shared cores: a bare
+    training step on bench512 samples takes 0.63x the time of fp32 (0.50-0.75 over 12 paired
+    steps); through the Trainer (``bench/train_throughput.py --arms B B32``, 2 pairs each) bf16
+    trains 1.38x the tokens/s on bench512 (1.22-1.54; loss per step +0.003, 0.16%) and 1.19x on
+    the short demo records (1.14-1.24; loss per step +0.011, 0.7%), peak RSS 0.80x / 0.95x.
     """
     if name in (None, "auto"):
         if torch.cuda.is_available():

@@ -317,6 +317,10 @@ def plan_batching(model, trust_remote_code: bool, vocab_size: int, packing: bool
     import inspect
 
     keep = "logits_to_keep" in inspect.signature(_transformers_model(model).forward).parameters
+    # AdaLoRA adds its orthogonality regulariser inside the model's forward, and only when the
+    # labels reach it: the label-position loss (labels kept out of the forward) would drop it.
+    configs = getattr(model, "peft_config", {}).values()
+    keep = keep and not any(str(getattr(c, "peft_type", "")).endswith("ADALORA") for c in configs)
     return Batching(True, bool(group_by_length), keep,
                     f"packing: each micro-batch in one row, samples isolated ({how})"
                     + ("; logits only at label positions" if keep else ""))

@@ -194,7 +194,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     tokenizer, train_set, val_set, report = prepare_data(data_args, ft_args.seed, model_path, spec, template)
 
     # auto: bf16 autocast for training on CPUs with bf16 matrix units (not for a quantized base)
-    dtype = resolve_dtype(model_args.compute_dtype, training=not model_args.quantization_bit)
+    # Not for full/freeze either: their trained (and saved) weights would start from bf16-rounded ones.
+    dtype = resolve_dtype(model_args.compute_dtype,
+                          training=not model_args.quantization_bit and method.build is not None)
     from transformers import set_seed
 
     set_seed(ft_args.seed)  # adapter initialisation depends on the seed, not on what ran before

@@ -170,6 +170,20 @@ def test_prompt_learning_and_remote_code_do_not_pack(tiny_llama_dir):
     assert not batching.packing and batching.group_by_length
 
 
+def test_adalora_keeps_its_regulariser_when_packed(tiny_llama_dir):
+    """AdaLoRA adds its orthogonality term in the forward, only when labels reach it."""
+    from peft import AdaLoraConfig, LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                          LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"]))
+    assert plan_batching(lora, False, lora.config.vocab_size).label_positions
+    adalora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                             AdaLoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], total_step=10))
+    batching = plan_batching(adalora, False, adalora.config.vocab_size)
+    assert batching.packing and not batching.label_positions and batching.loss_func() is None
+
+
 def test_segments_only_for_restarting_positions():
     assert segment_starts(torch.tensor([[0, 1, 2, 0, 1, 0]]), 6) == [0, 3, 5]
     assert segment_starts(torch.tensor([[0, 1, 2, 3]]), 4) is None  # one sample: plain SDPA
@@ -194,3 +208,13 @@ def test_cpu_training_defaults_to_bf16_with_fp32_trainable_weights(tiny_llama_di
     assert saved and all(v.dtype == torch.float32 for v in saved.values())
     assert any("sdpa_packed" in r.getMessage() for r in caplog.records)
     assert json.loads((tmp_path / "out" / "alpaca_cot.json").read_text())["metrics"]["packing"] is True
+
+
+@pytest.mark.parametrize("peft_type", ["full", "freeze"])
+def test_full_and_freeze_train_and_save_fp32_weights_on_the_cpu(peft_type, tiny_llama_dir, data_file, tmp_path):
+    """A bf16 base would round the weights these methods train and save: they load in fp32."""
+    run(ModelArguments(model_type="llama", model_name_or_path=tiny_llama_dir),
+        DataArguments(data=[data_file], cutoff_len=128), PeftArguments(peft_type=peft_type),
+        FinetuneArguments(output_dir=str(tmp_path / "out"), max_steps=1, save_steps=1000))
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert saved and all(v.dtype == torch.float32 for v in saved.values())
