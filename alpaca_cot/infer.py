@@ -13,10 +13,11 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
+from .batching import generate_refill, supports_refill
 from .loader import load_model, load_tokenizer, resolve_dtype, resolve_spec
 from .metadata import METADATA_FILE, read_metadata
 from .models import ModelSpec
@@ -102,25 +103,50 @@ class Generator:
             results.append(row)
         return results
 
+    def generate_many(self, prompts: list[list[int]], gen_kwargs: dict, batch_size: int,
+                      on_result: Callable[[int, list[int]], None] | None = None) -> list[list[int]]:
+        """New tokens for every prompt, ``batch_size`` rows at a time, in prompt order.
+
+        Where the model allows it a finished row is refilled with the next prompt at once
+        (``alpaca_cot/batching.py``); otherwise prompts go in fixed batches through ``generate``.
+        ``on_result(i, ids)`` is called as each prompt is finished.
+        """
+        if batch_size > 1 and len(prompts) > 1 and supports_refill(self.model, gen_kwargs):
+            return generate_refill(self.model, prompts, gen_kwargs, batch_size, self.tokenizer.pad_token_id,
+                                   self.tokenizer.eos_token_id, self._stop_kwargs().get("stopping_criteria"),
+                                   on_result)
+        results: list[list[int]] = []
+        for start in range(0, len(prompts), batch_size):
+            for ids in self.generate_ids(prompts[start:start + batch_size], gen_kwargs):
+                if on_result is not None:
+                    on_result(len(results), ids)
+                results.append(ids)
+        return results
+
     def decode(self, ids: list[int]) -> str:
         return self.template.clean_response(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def generate(self, records: list[dict], gen_kwargs: dict, batch_size: int = 1, seed: int | None = None,
                  progress: bool = False) -> list[str]:
-        """Answers for ``records`` in order; batches are formed from prompts of similar length."""
+        """Answers for ``records`` in order; prompts are generated longest first, ``batch_size`` at a time."""
         prompts = self.prompt_ids(records)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        answers: list[str | None] = [None] * len(prompts)
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        bar = None
         if progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, desc="generating", unit="batch")
-        for batch in batches:
-            if seed is not None:
-                torch.manual_seed(seed)
-            for i, ids in zip(batch, self.generate_ids([prompts[i] for i in batch], gen_kwargs)):
-                answers[i] = self.decode(ids)
+            bar = tqdm(total=len(prompts), desc="generating", unit="item")
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            new = self.generate_many([prompts[i] for i in order], gen_kwargs, batch_size,
+                                     on_result=(lambda i, ids: bar.update(1)) if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        answers: list[str] = [""] * len(prompts)
+        for i, ids in zip(order, new):
+            answers[i] = self.decode(ids)
         return answers
 
     def stream(self, record: dict, gen_kwargs: dict, stats: dict | None = None,

@@ -1,10 +1,11 @@
 """Batch prediction over a dataset into a resumable JSONL file: one line per input record.
 
 Each line is the input record with the answer under ``"generate"`` (the original project's
-key), in input order. Records are generated in left-padded batches of similar prompt length;
-after every batch the longest finished prefix of the dataset is appended as whole lines and
-synced, with Ctrl-C held back meanwhile. A rerun with the same output file checks that its lines answer
-the first records of the data, drops a torn last line, and continues after them.
+key), in input order. Records are generated longest prompt first, ``batch_size`` rows at a
+time (a finished row takes the next prompt); as answers arrive, the longest finished prefix of
+the dataset is appended as whole lines and synced, with Ctrl-C held back meanwhile. A rerun
+with the same output file checks that its lines answer the first records of the data, drops a
+torn last line, and continues after them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 RESULT_KEY = "generate"
-WINDOW_BATCHES = 8  # batches sorted by length together; at most this much work is redone after a crash
+WINDOW_BATCHES = 8  # batch_size * this many prompts sorted together; at most this much is redone after a crash
 
 
 @dataclass
@@ -135,16 +136,16 @@ def predict(generator, records: list[dict], path: str | os.PathLike, gen_kwargs:
 
 
 def _predict_window(generator, records, indices, fd, gen_kwargs, batch_size, report, bar) -> int:
-    """Generate one window (longest prompts first) and append its finished prefix after each batch."""
+    """Generate one window (longest prompts first), appending the finished prefix as answers arrive."""
     prompts = dict(zip(indices, generator.prompt_ids([records[i] for i in indices])))
     order = sorted(indices, key=lambda i: -len(prompts[i]))
     answers: dict[int, str] = {}
     written = 0
-    for b in range(0, len(order), batch_size):
-        batch = order[b:b + batch_size]
-        for i, ids in zip(batch, generator.generate_ids([prompts[i] for i in batch], gen_kwargs)):
-            answers[i] = generator.decode(ids)
-            report.new_tokens += len(ids)
+
+    def done(k: int, ids: list[int]) -> None:
+        nonlocal written
+        answers[order[k]] = generator.decode(ids)
+        report.new_tokens += len(ids)
         lines = []
         while written < len(indices) and indices[written] in answers:
             i = indices[written]
@@ -153,5 +154,7 @@ def _predict_window(generator, records, indices, fd, gen_kwargs, batch_size, rep
         if lines:
             _append(fd, "".join(lines))
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(1)
+
+    generator.generate_many([prompts[i] for i in order], gen_kwargs, batch_size, on_result=done)
     return written

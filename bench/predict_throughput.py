@@ -5,7 +5,8 @@
 
 Runs ``alpaca_cot.predict.predict`` (the code path of predict.py) over the same records,
 greedy, once per batch size, after a warm-up, and reports new tokens per second (tokens up
-to EOS; padding and tokens after EOS are not counted) and the ratio to the first batch size.
+to EOS; padding and tokens after EOS are not counted), the ratio to the first batch size and
+how many answers equal those of the first batch size.
 """
 
 import argparse
@@ -38,24 +39,28 @@ def main(argv=None):
                                compute_dtype=args.compute_dtype)
     kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
     generator.generate_ids(generator.prompt_ids(records[:1]), {**kwargs, "max_new_tokens": 4})  # warm-up
-    results = []
+    results, first_answers = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.batch_sizes:
             started = time.perf_counter()
             report = predict(generator, records, Path(tmp) / f"b{size}.jsonl", kwargs, batch_size=size,
                              progress=False)
             seconds = time.perf_counter() - started
+            answers = [json.loads(line)["generate"] for line in (Path(tmp) / f"b{size}.jsonl").open(encoding="utf-8")]
+            first_answers = first_answers or answers
             results.append({"batch_size": size, "records": len(records), "new_tokens": report.new_tokens,
-                            "seconds": round(seconds, 2), "tokens_per_s": round(report.new_tokens / seconds, 2)})
+                            "seconds": round(seconds, 2), "tokens_per_s": round(report.new_tokens / seconds, 2),
+                            "same_answers": sum(a == b for a, b in zip(answers, first_answers))})
             print(json.dumps(results[-1]), flush=True)
     first = results[0]["tokens_per_s"]
     print(f"\nmodel {generator.name}, {len(records)} records of {' '.join(args.data)}, greedy, "
           f"max_new_tokens {args.max_new_tokens}")
-    print("| batch size | new tokens | seconds | tokens/s | vs batch %d |" % results[0]["batch_size"])
-    print("|---|---|---|---|---|")
+    size = results[0]["batch_size"]
+    print(f"| batch size | new tokens | seconds | tokens/s | vs batch {size} | answers equal to batch {size}'s |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['batch_size']} | {r['new_tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
-              f"{r['tokens_per_s'] / first:.2f}x |")
+              f"{r['tokens_per_s'] / first:.2f}x | {r['same_answers']}/{r['records']} |")
     return results
 
 

@@ -35,36 +35,46 @@ def test_batched_equals_unbatched_greedy(default_model_dir, tmp_path):
     records.append({"instruction": "Translate to French.", "input": "Good morning, my friend."})
     predict(generator, records, tmp_path / "b1.jsonl", GREEDY, batch_size=1, progress=False)
     report = predict(generator, records, tmp_path / "b4.jsonl", GREEDY, batch_size=4, progress=False)
+    predict(generator, records, tmp_path / "b3.jsonl", {**GREEDY, "max_new_tokens": 40}, batch_size=3, progress=False)
+    predict(generator, records, tmp_path / "b1_40.jsonl", {**GREEDY, "max_new_tokens": 40}, batch_size=1,
+            progress=False)
     one, four = rows(tmp_path / "b1.jsonl"), rows(tmp_path / "b4.jsonl")
     assert [r["generate"] for r in four] == [r["generate"] for r in one]
+    # Longer answers end at different steps, so finished rows are refilled mid-batch.
+    three, one_long = rows(tmp_path / "b3.jsonl"), rows(tmp_path / "b1_40.jsonl")
+    assert [r["generate"] for r in three] == [r["generate"] for r in one_long]
     assert all(r["generate"].strip() for r in one)
     assert [{k: r[k] for k in ("instruction", "input")} for r in four] == records  # input order, record kept
     assert report.answered == 6 and report.new_tokens > 0
 
 
-def test_resume_after_an_interruption_answers_each_record_once(tiny_generator, tmp_path, monkeypatch):
-    # Longest prompts first, so each batch of 2 completes the next 2 records in input order.
+@pytest.mark.parametrize("refill", [True, False])
+def test_resume_after_an_interruption_answers_each_record_once(tiny_generator, tmp_path, monkeypatch, refill):
     records = [{"instruction": f"Repeat {w}" + " please" * (10 - i), "input": ""} for i, w in enumerate(WORDS)]
     path = tmp_path / "out.jsonl"
-    real, calls = tiny_generator.generate_ids, []
+    if not refill:
+        monkeypatch.setattr("alpaca_cot.infer.supports_refill", lambda model, kwargs: False)
+    model, calls = tiny_generator.model, []
+    real_forward = model.forward
 
-    def interrupted(prompts, kwargs):
-        calls.append(len(prompts))
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # Ctrl-C during the third batch
-        return real(prompts, kwargs)
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 40:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of generation
+        return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_generator, "generate_ids", interrupted)
+    monkeypatch.setattr(model, "forward", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict(tiny_generator, records, path, GREEDY, batch_size=2, progress=False)
-    monkeypatch.undo()
+    monkeypatch.setattr(model, "forward", real_forward)
     written = path.read_bytes()
-    assert written.endswith(b"\n") and len(written.splitlines()) == 4  # whole lines only
+    kept = len(written.splitlines())
+    assert written.endswith(b"\n") and 0 < kept < len(records)  # whole lines only, some of them
     with open(path, "ab") as f:  # and a torn line, as a crash in the middle of a write would leave
         f.write(b'{"instruction": "Repeat')
 
     report = predict(tiny_generator, records, path, GREEDY, batch_size=2, progress=False)
-    assert (report.resumed, report.answered) == (4, 6)
+    assert (report.resumed, report.answered) == (kept, len(records) - kept)
     assert path.read_bytes().startswith(written)  # earlier answers untouched
     assert [r["instruction"] for r in rows(path)] == [r["instruction"] for r in records]  # each once, in order
     assert predict(tiny_generator, records, path, GREEDY, progress=False).answered == 0  # complete: nothing to do
