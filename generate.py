@@ -63,11 +63,7 @@ def main(argv=None) -> list[dict]:
             requests = read_requests("-")
         else:
             raise ValueError("give --instruction, --instructions_file FILE, or instructions on stdin")
-        from alpaca_cot.infer import load_generator
-
-        generator = load_generator(gen_args.lora_dir, model_args.model_name_or_path, model_args.model_type,
-                                   model_args.template, model_args.quantization_bit, model_args.compute_dtype,
-                                   base_only=gen_args.base_only)
+        generator = model_args.load_generator(gen_args.lora_dir, base_only=gen_args.base_only)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     answers = generator.generate(requests, gen.generate_kwargs(), batch_size=gen_args.batch_size, seed=gen.seed,

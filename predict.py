@@ -44,11 +44,7 @@ def main(argv=None):
             print(f"skipped {len(report.skipped)} invalid records (first: {report.skipped[0]})", file=sys.stderr)
         if not records:
             raise ValueError(f"--data {' '.join(args.data)}: no records")
-        from alpaca_cot.infer import load_generator
-
-        generator = load_generator(args.lora_dir, model_args.model_name_or_path, model_args.model_type,
-                                   model_args.template, model_args.quantization_bit, model_args.compute_dtype,
-                                   base_only=args.base_only)
+        generator = model_args.load_generator(args.lora_dir, base_only=args.base_only)
         result = predict(generator, records, path, gen.generate_kwargs(), batch_size=args.predict_batch_size,
                          seed=gen.seed, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as e:

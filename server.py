@@ -40,11 +40,7 @@ def main(argv=None):
         gen.validate()
         if not 0 <= args.port <= 65535:
             raise ValueError("--port must be in 0..65535")
-        from alpaca_cot.infer import load_generator
-
-        generator = load_generator(args.lora_dir, model_args.model_name_or_path, model_args.model_type,
-                                   model_args.template, model_args.quantization_bit, model_args.compute_dtype,
-                                   base_only=args.base_only)
+        generator = model_args.load_generator(args.lora_dir, base_only=args.base_only)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     import torch

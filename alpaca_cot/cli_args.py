@@ -36,6 +36,13 @@ class ModelArguments:
         "Dtype of the base weights and of 4-bit compute: auto (bf16/fp16 on GPU; on the CPU: fp32, but bf16 "
         "autocast for training on CPUs with bf16 matrix units), fp32, bf16, fp16."))
 
+    def load_generator(self, lora_dir: str | None, base_only: bool = False):
+        """The inference scripts' model: ``lora_dir``'s fine-tune, with these flags overriding its metadata."""
+        from .infer import load_generator
+
+        return load_generator(lora_dir, self.model_name_or_path, self.model_type, self.template,
+                              self.quantization_bit, self.compute_dtype, base_only=base_only)
+
 
 @dataclass
 class GenerationArguments:
