@@ -30,6 +30,8 @@ class ServerArguments:
     port: int = field(default=8000, metadata={"help": "Port of the API."})
     api_key: Optional[str] = field(default=None, metadata={
         "help": "Require 'Authorization: Bearer KEY' on every request (default: $ALPACA_COT_API_KEY, else none)."})
+    max_batch_size: int = field(default=8, metadata={
+        "help": "API: concurrent requests generated together in one batch (1: one at a time)."})
     served_model_name: Optional[str] = field(default=None, metadata={
         "help": "Model id reported by the API (default: the fine-tune's folder name or the base model's)."})
 
@@ -40,6 +42,8 @@ def main(argv=None):
         gen.validate()
         if not 0 <= args.port <= 65535:
             raise ValueError("--port must be in 0..65535")
+        if args.max_batch_size < 1:
+            raise ValueError("--max_batch_size must be >= 1")
         generator = model_args.load_generator(args.lora_dir, base_only=args.base_only)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
@@ -66,7 +70,7 @@ def serve_api(args, gen, generator):
         logging.warning("binding to %s without --api_key: anyone who can reach this address can use the model",
                         args.host)
     model_id = args.served_model_name or generator.name.split(" + ")[-1]
-    app = create_app(generator, gen, model_id, api_key=api_key)
+    app = create_app(generator, gen, model_id, api_key=api_key, max_batch_size=args.max_batch_size)
     print(f"serving {generator.name} as {model_id!r} on http://{args.host}:{args.port}/v1 "
           f"(auth: {'bearer key' if api_key else 'none'})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -4,14 +4,16 @@ Routes: ``POST /v1/chat/completions`` (streaming as server-sent events ending in
 ``data: [DONE]``, or one JSON answer), ``GET /v1/models``, and ``POST /generate`` (an
 instruction in, ``{"response": ...}`` out, like the original project's web service).
 Requests are validated with pydantic and every error is a 4xx/5xx JSON body in OpenAI's
-``{"error": {...}}`` shape. Generation runs one request at a time, first come first served
-(an ``asyncio.Lock``), in a worker thread, so the server keeps accepting connections and every
-concurrent request is answered in turn.
+``{"error": {...}}`` shape. Concurrent requests are generated together, up to
+``max_batch_size`` rows on one generating thread (``alpaca_cot/batching.py``); what that
+cannot run goes one request at a time, first come first served (an ``asyncio.Lock``), in a
+worker thread. Either way the server keeps accepting connections and answers every request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException
 
+from .batching import supports_refill
 from .chat import context_length, make_record
 
 STOP_LIMIT = 4  # stop strings per request, as OpenAI allows
@@ -130,12 +133,18 @@ def cut_at_stops(pieces, stops: list[str], stats: dict):
 
 
 class Engine:
-    """Serializes generation (FIFO) and runs it off the event loop."""
+    """Runs generation off the event loop: concurrent requests share a batch where the model allows it.
 
-    def __init__(self, generator, defaults):
+    With ``max_batch_size`` > 1 and a model that refill batching can run, up to that many
+    requests are generated together (each joins as a row frees up); other requests (e.g. beam
+    search) and other models are served one at a time, first come first served.
+    """
+
+    def __init__(self, generator, defaults, max_batch_size: int = 8):
         self.generator = generator
         self.defaults = defaults  # GenerationArguments from the command line
         self.lock = asyncio.Lock()
+        self.server = generator.refill_server(max_batch_size)
 
     def settings(self, req: Sampling, max_new_tokens: int | None, do_sample: bool | None = None):
         """Generation kwargs for a request: the server's flags overridden by the request's values."""
@@ -170,11 +179,13 @@ class Engine:
 
     async def stream(self, record: dict, kwargs: dict, stops: list[str], seed: int | None, stats: dict):
         """Yield the reply's pieces; waits its turn first. ``stats`` gets token counts and finish_reason."""
-        async with self.lock:
-            if seed is not None:
+        batched = self.server is not None and supports_refill(self.generator.model, kwargs)
+        async with contextlib.nullcontext() if batched else self.lock:
+            if seed is not None and not batched:
                 torch.manual_seed(seed)
             inner: dict = {}
-            pieces = cut_at_stops(self.generator.stream(record, kwargs, inner), stops, stats)
+            server = self.server if batched else None
+            pieces = cut_at_stops(self.generator.stream(record, kwargs, inner, server=server, seed=seed), stops, stats)
             text = ""
             try:
                 async for piece in iterate_in_threadpool(pieces):
@@ -211,9 +222,9 @@ def _validation_message(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def create_app(generator, defaults, model_id: str, api_key: str | None = None):
+def create_app(generator, defaults, model_id: str, api_key: str | None = None, max_batch_size: int = 8):
     """The FastAPI app serving ``generator``; ``defaults`` are the GenerationArguments of the flags."""
-    engine = Engine(generator, defaults)
+    engine = Engine(generator, defaults, max_batch_size)
     created = int(time.time())
 
     def check_key(request: Request) -> None:

@@ -13,13 +13,17 @@ has no stop strings, repetition penalty or n-gram blocking. This loop keeps the 
 KV cache, attention and logits processors of ``generate`` and adds only the refill.
 
 Used for decoder-only transformers models with a plain ``DynamicCache`` (no sliding
-window) and no beam search; everything else goes through ``model.generate``.
+window) and no beam search; everything else goes through ``model.generate``. The same rows
+serve a fixed list of prompts (``generate_refill``: predict, evaluate) and a live queue of
+requests with their own settings (``RefillServer``: concurrent API requests share a batch).
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -82,6 +86,37 @@ def _pad_left(t: torch.Tensor, width: int, value, dim: int) -> torch.Tensor:
     return torch.cat([t.new_full(shape, value), t], dim=dim)
 
 
+@dataclass(eq=False)
+class Request:
+    """One prompt to answer. Callbacks run on the generating thread.
+
+    ``on_token(tok)`` gets each kept token as it is made; ``on_done(ids, error)`` is called once,
+    with the new tokens (cut before EOS, kept through a stop string) or the exception that
+    ended generation. ``cancelled()`` returning True ends the request at the next step.
+    """
+
+    prompt: list[int]
+    gen_kwargs: dict
+    on_done: Callable[[list[int], BaseException | None], None]
+    on_token: Callable[[int], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+    rng: torch.Generator | None = None  # sampling draws from this, else from torch's global generator
+    new: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.finished = False
+        self.key = tuple(sorted(self.gen_kwargs.items()))
+        self.procs = _processors(self.gen_kwargs)
+        self.sample = bool(self.gen_kwargs.get("do_sample"))
+        self.limit = self.gen_kwargs["max_new_tokens"]
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Report the result once (later calls do nothing)."""
+        if not self.finished:
+            self.finished = True
+            self.on_done(self.new, error)
+
+
 class _Batch:
     """Running rows: token ids and mask ``[rows, width]`` (left-padded) and their ``DynamicCache``.
 
@@ -123,7 +158,116 @@ class _Batch:
         self.owners = [self.owners[r] for r in rows]
 
 
-@torch.inference_mode()
+class RefillCore:
+    """The rows being generated: ``admit`` prefills new requests into free rows, ``step`` decodes one token."""
+
+    def __init__(self, model, batch_size: int, pad_token_id: int, eos_token_id: int | None, stopping_criteria=None):
+        self.model, self.batch_size = model, batch_size
+        self.pad, self.eos, self.stopping = pad_token_id, eos_token_id, stopping_criteria
+        self.device = next(model.parameters()).device
+        self.core = _core_model(model)
+        self.keep_arg = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.core.forward).parameters \
+            else {}
+        self.batch: _Batch | None = None
+
+    @property
+    def rows(self) -> list[Request]:
+        return self.batch.owners if self.batch is not None else []
+
+    @property
+    def free(self) -> int:
+        return self.batch_size - len(self.rows)
+
+    def _forward(self, ids, mask, positions, cache):
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, **self.keep_arg)
+        return out.logits[:, -1].float(), out.past_key_values
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, rows: list[Request]) -> torch.Tensor:
+        """The next token of each row, after that row's logits processors and sampling settings.
+
+        Processors see each row without its padding: a repetition penalty or n-gram ban over a
+        left-padded row would also act on the pad token, which is often EOS, and change the
+        answer (``generate`` on a padded batch does that); here a row scores as it would alone.
+        """
+        scores = logits
+        if any(r.procs for r in rows):
+            scores = torch.cat([r.procs(ids[i:i + 1, mask[i].bool()], logits[i:i + 1]) if r.procs
+                                else logits[i:i + 1] for i, r in enumerate(rows)])
+        tokens = scores.argmax(dim=-1)
+        sampled = [i for i, r in enumerate(rows) if r.sample]
+        if sampled:
+            probs = torch.softmax(scores[sampled], dim=-1)
+            if all(rows[i].rng is None for i in sampled):
+                drawn = torch.multinomial(probs, 1).squeeze(1)
+            else:
+                drawn = torch.cat([torch.multinomial(probs[j:j + 1], 1, generator=rows[i].rng).view(1)
+                                   for j, i in enumerate(sampled)])
+            tokens[sampled] = drawn
+        return tokens
+
+    def _settle(self, b: _Batch) -> _Batch | None:
+        """Record the newest token of each row of ``b``; finished rows leave. None if none is left."""
+        latest = b.ids[:, -1].tolist()
+        stopped = self.stopping(b.ids, None).tolist() if self.stopping else [False] * len(latest)
+        rows = []
+        for row, (r, tok) in enumerate(zip(b.owners, latest)):
+            if tok == self.eos:
+                done = True
+            else:
+                r.new.append(tok)
+                if r.on_token is not None:
+                    r.on_token(tok)
+                done = stopped[row] or len(r.new) >= r.limit or (r.cancelled is not None and r.cancelled())
+            if done:
+                r.finish()
+            else:
+                rows.append(row)
+        if not rows:
+            return None
+        if len(rows) < len(b.owners):
+            b.keep(rows)
+        return b
+
+    @torch.inference_mode()
+    def admit(self, requests: list[Request]) -> None:
+        """Prefill ``requests`` together (at most ``free`` of them); the running rows wait for this forward."""
+        from transformers import DynamicCache
+
+        width = max(len(r.prompt) for r in requests)
+        ids = torch.tensor([[self.pad] * (width - len(r.prompt)) + r.prompt for r in requests], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in requests],
+                            device=self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.core.config))
+        token = self._pick(logits, ids, mask, requests)
+        joined = self._settle(_Batch(torch.cat([ids, token[:, None]], 1),
+                                     torch.cat([mask, torch.ones_like(mask[:, :1])], 1), cache, list(requests),
+                                     self.core.config))
+        if joined is not None and self.batch is not None:
+            self.batch.merge(joined, self.pad)
+        elif joined is not None:
+            self.batch = joined
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One new token for every running row."""
+        b = self.batch
+        positions = b.mask.sum(1, keepdim=True) - 1
+        logits, b.cache = self._forward(b.ids[:, -1:], b.mask, positions, b.cache)
+        token = self._pick(logits, b.ids, b.mask, b.owners)
+        b.ids = torch.cat([b.ids, token[:, None]], 1)
+        b.mask = torch.cat([b.mask, torch.ones_like(b.mask[:, :1])], 1)
+        self.batch = self._settle(b)
+
+    def fail(self, error: BaseException) -> None:
+        """End every running row with ``error`` and empty the batch."""
+        rows, self.batch = self.rows, None
+        for r in rows:
+            r.finish(error)
+
+
 def generate_refill(model, prompts: list[list[int]], gen_kwargs: dict, batch_size: int, pad_token_id: int,
                     eos_token_id: int | None, stopping_criteria=None,
                     on_result: Callable[[int, list[int]], None] | None = None) -> list[list[int]]:
@@ -133,78 +277,62 @@ def generate_refill(model, prompts: list[list[int]], gen_kwargs: dict, batch_siz
     as prompt ``i`` is finished. Greedy results equal ``model.generate`` on each prompt alone
     up to floating-point effects of padding, as for any padded batch.
     """
-    from transformers import DynamicCache
-
-    device = next(model.parameters()).device
-    core = _core_model(model)
-    keep_arg = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(core.forward).parameters else {}
-    procs = _processors(gen_kwargs)
-    sample = bool(gen_kwargs.get("do_sample"))
-    limit = gen_kwargs["max_new_tokens"]
-    queue = deque(range(len(prompts)))
     results: list[list[int] | None] = [None] * len(prompts)
-    new: dict[int, list[int]] = {}
-    batch: _Batch | None = None
 
-    def pick(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        scores = procs(ids, logits.float()) if procs else logits.float()
-        if sample:
-            return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
-        return scores.argmax(dim=-1)
+    def finisher(i):
+        def done(ids, error):
+            results[i] = ids
+            if on_result is not None:
+                on_result(i, ids)
+        return done
 
-    def forward(ids, mask, positions, cache):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, **keep_arg)
-        return out.logits[:, -1], out.past_key_values
-
-    def settle(b: _Batch) -> _Batch | None:
-        """Record the newest token of each row of ``b``; finished rows leave. None if none is left."""
-        latest = b.ids[:, -1].tolist()
-        stopped = stopping_criteria(b.ids, None).tolist() if stopping_criteria else [False] * len(latest)
-        rows = []
-        for row, (i, tok) in enumerate(zip(b.owners, latest)):
-            if tok == eos_token_id:
-                done = True
-            else:
-                new[i].append(tok)
-                done = stopped[row] or len(new[i]) >= limit
-            if done:
-                results[i] = new.pop(i)
-                if on_result is not None:
-                    on_result(i, results[i])
-            else:
-                rows.append(row)
-        if not rows:
-            return None
-        if len(rows) < len(b.owners):
-            b.keep(rows)
-        return b
-
-    while queue or batch is not None:
-        free = batch_size - (len(batch.owners) if batch is not None else 0)
-        if queue and free > 0:
-            # Prefill the next prompts together; the running rows wait for this one forward.
-            owners = [queue.popleft() for _ in range(min(free, len(queue)))]
-            width = max(len(prompts[i]) for i in owners)
-            ids = torch.tensor([[pad_token_id] * (width - len(prompts[i])) + prompts[i] for i in owners], device=device)
-            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in owners],
-                                device=device)
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
-            logits, cache = forward(ids, mask, positions, DynamicCache(config=core.config))
-            token = pick(logits, ids)
-            for i in owners:
-                new[i] = []
-            joined = settle(_Batch(torch.cat([ids, token[:, None]], 1),
-                                   torch.cat([mask, torch.ones_like(mask[:, :1])], 1), cache, owners, core.config))
-            if joined is not None and batch is not None:
-                batch.merge(joined, pad_token_id)
-            elif joined is not None:
-                batch = joined
+    core = RefillCore(model, batch_size, pad_token_id, eos_token_id, stopping_criteria)
+    queue = deque(Request(p, gen_kwargs, finisher(i)) for i, p in enumerate(prompts))
+    while queue or core.rows:
+        if queue and core.free > 0:
+            core.admit([queue.popleft() for _ in range(min(core.free, len(queue)))])
         else:
-            positions = batch.mask.sum(1, keepdim=True) - 1
-            logits, batch.cache = forward(batch.ids[:, -1:], batch.mask, positions, batch.cache)
-            token = pick(logits, batch.ids)
-            batch.ids = torch.cat([batch.ids, token[:, None]], 1)
-            batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], 1)
-            batch = settle(batch)
+            core.step()
     return results
+
+
+class RefillServer:
+    """A generating thread that serves requests as they come, up to ``batch_size`` at once.
+
+    ``submit`` queues a request; it joins the running batch at the next free row. An error in
+    a forward pass ends the requests running at that moment (their ``on_done`` gets it); the
+    thread goes on with the next ones.
+    """
+
+    def __init__(self, model, batch_size: int, pad_token_id: int, eos_token_id: int | None, stopping_criteria=None):
+        self.core = RefillCore(model, batch_size, pad_token_id, eos_token_id, stopping_criteria)
+        self.waiting: deque[Request] = deque()
+        self.wake = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+    def submit(self, request: Request) -> None:
+        with self.wake:
+            self.waiting.append(request)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="refill-server", daemon=True)
+                self.thread.start()
+            self.wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.waiting and not self.core.rows:
+                    self.wake.wait()
+                joining = [self.waiting.popleft() for _ in range(min(self.core.free, len(self.waiting)))]
+            for r in [r for r in joining if r.cancelled is not None and r.cancelled()]:
+                joining.remove(r)
+                r.finish()
+            try:
+                if joining:
+                    self.core.admit(joining)
+                elif self.core.rows:
+                    self.core.step()
+            except Exception as e:  # noqa: BLE001 - reported to the requests it ended
+                for r in joining:
+                    r.finish(e)
+                self.core.fail(e)

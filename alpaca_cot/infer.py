@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .batching import generate_refill, supports_refill
+from .batching import RefillServer, Request, generate_refill, supports_refill
 from .loader import load_model, load_tokenizer, resolve_dtype, resolve_spec
 from .metadata import METADATA_FILE, read_metadata
 from .models import ModelSpec
@@ -150,45 +150,68 @@ class Generator:
         return answers
 
     def stream(self, record: dict, gen_kwargs: dict, stats: dict | None = None,
-               stop: threading.Event | None = None) -> Iterator[str]:
+               stop: threading.Event | None = None, server: RefillServer | None = None,
+               seed: int | None = None) -> Iterator[str]:
         """Yield the answer to one record piece by piece as tokens are generated.
 
         Generation stops as soon as the consumer stops iterating (``close()``, a dropped client)
         or ``stop`` is set (e.g. by a Ctrl-C handler). ``stats``, when given, receives
         ``prompt_tokens``, ``completion_tokens`` and ``finish_reason`` ("stop" or "length").
+        With ``server`` (which must support ``gen_kwargs``: ``supports_refill``) the record joins
+        that server's running batch, sampling from a generator seeded with ``seed``; otherwise it
+        is generated alone here, from torch's global random state.
         """
         from transformers import StoppingCriteria, TextIteratorStreamer
 
         left = threading.Event()  # the consumer stopped iterating
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                halt = left.is_set() or (stop is not None and stop.is_set())
-                return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        input_ids, mask = self._batch_tensors(self.prompt_ids([record]))
-        kwargs = dict(input_ids=input_ids, attention_mask=mask, pad_token_id=self.tokenizer.pad_token_id,
-                      eos_token_id=self.tokenizer.eos_token_id, streamer=streamer, **self._stop_kwargs(_Stop()),
-                      **gen_kwargs)
         errors: list[BaseException] = []
         new_tokens: list[int] = []
+        prompt = self.prompt_ids([record])[0]
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=server is None, skip_special_tokens=True,
+                                        timeout=600)
 
-        def work():
-            try:
-                with torch.inference_mode():
-                    out = self.model.generate(**kwargs)
-                row = out[0, input_ids.shape[1]:].tolist()
-                new_tokens.extend(row[: row.index(self.tokenizer.eos_token_id)]
-                                  if self.tokenizer.eos_token_id in row else row)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                errors.append(e)
+        def halted() -> bool:
+            return left.is_set() or (stop is not None and stop.is_set())
+
+        if server is not None:
+            def done(ids, error):
+                new_tokens.extend(ids)
+                if error is not None:
+                    errors.append(error)
                 streamer.end()
 
-        thread = threading.Thread(target=work, daemon=True)
+            rng = torch.Generator().manual_seed(seed) if seed is not None and gen_kwargs.get("do_sample") else None
+            request = Request(prompt, gen_kwargs, on_done=done, on_token=lambda tok: streamer.put(torch.tensor([tok])),
+                              cancelled=halted, rng=rng)
+            thread = None
+        else:
+            class _Stop(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.full((input_ids.shape[0],), halted(), dtype=torch.bool, device=input_ids.device)
+
+            input_ids, mask = self._batch_tensors([prompt])
+            kwargs = dict(input_ids=input_ids, attention_mask=mask, pad_token_id=self.tokenizer.pad_token_id,
+                          eos_token_id=self.tokenizer.eos_token_id, streamer=streamer,
+                          **self._stop_kwargs(_Stop()), **gen_kwargs)
+
+            def work():
+                try:
+                    with torch.inference_mode():
+                        out = self.model.generate(**kwargs)
+                    row = out[0, input_ids.shape[1]:].tolist()
+                    new_tokens.extend(row[: row.index(self.tokenizer.eos_token_id)]
+                                      if self.tokenizer.eos_token_id in row else row)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                    errors.append(e)
+                    streamer.end()
+
+            thread = threading.Thread(target=work, daemon=True)
         sent, raw = "", ""
         try:
-            thread.start()  # inside the try: a Ctrl-C during start() must still stop the thread
+            if thread is not None:
+                thread.start()  # inside the try: a Ctrl-C during start() must still stop the thread
+            else:
+                server.submit(request)
             for piece in streamer:
                 raw += piece
                 text = self._holdback(self.decode_text(raw))
@@ -197,7 +220,7 @@ class Generator:
                     sent = text
         finally:
             left.set()  # a no-op after a complete answer; ends generation early otherwise
-            if thread.is_alive():
+            if thread is not None and thread.is_alive():
                 thread.join()
         if errors:
             raise errors[0]
@@ -206,8 +229,15 @@ class Generator:
             yield final[len(sent):]
         if stats is not None:
             limit = gen_kwargs.get("max_new_tokens")
-            stats.update(prompt_tokens=input_ids.shape[1], completion_tokens=len(new_tokens),
+            stats.update(prompt_tokens=len(prompt), completion_tokens=len(new_tokens),
                          finish_reason="length" if limit and len(new_tokens) >= limit else "stop")
+
+    def refill_server(self, batch_size: int) -> RefillServer | None:
+        """A server that batches concurrent requests to this model, or None where refill cannot run it."""
+        if batch_size < 2 or not supports_refill(self.model, {"max_new_tokens": 1}):
+            return None
+        return RefillServer(self.model, batch_size, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                            self._stop_kwargs().get("stopping_criteria"))
 
     def decode_text(self, text: str) -> str:
         return self.template.clean_response(text)

@@ -2,6 +2,7 @@
 
     python bench/api_load.py --lora_dir out --clients 16 --max_tokens 64          # starts its own server
     python bench/api_load.py --url http://127.0.0.1:8000 --clients 16 --stream    # an already running one
+    python bench/api_load.py --lora_dir out --max_batch_size 1 8                 # one server per batch size
 
 Every client sends one ``/v1/chat/completions`` request at the same moment (a barrier); the
 report gives how many got a valid answer, the latency percentiles (time to the last byte;
@@ -73,9 +74,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(args):
+def start_server(args, max_batch_size=None):
     port = free_port()
     cmd = [sys.executable, str(ROOT / "server.py"), "--api", "--port", str(port)]
+    cmd += ["--max_batch_size", str(max_batch_size)] if max_batch_size else []
     cmd += ["--lora_dir", args.lora_dir] if args.lora_dir else []
     cmd += ["--model_name_or_path", args.model_name_or_path] if args.model_name_or_path else []
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -103,8 +105,17 @@ def main(argv=None):
     parser.add_argument("--stream", action="store_true", help="stream the answers (SSE)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--api_key", default=os.environ.get("ALPACA_COT_API_KEY"))
+    parser.add_argument("--max_batch_size", type=int, nargs="+", default=[None],
+                        help="server.py --max_batch_size; several values: one server and one report each")
     args = parser.parse_args(argv)
-    proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args)
+    if args.url and args.max_batch_size != [None]:
+        parser.error("--max_batch_size needs a server started here (no --url)")
+    return [load(args, size) for size in args.max_batch_size]
+
+
+def load(args, max_batch_size):
+    """Start a server (unless --url), send the clients' requests at once, print and return the report."""
+    proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args, max_batch_size)
     try:
         results = [None] * args.clients
         barrier = threading.Barrier(args.clients)
@@ -121,7 +132,8 @@ def main(argv=None):
             proc.terminate()
             proc.wait(timeout=30)
     answered = [r for r in results if r and r["ok"]]
-    report = {"clients": args.clients, "answered": len(answered), "stream": args.stream,
+    report = {"max_batch_size": max_batch_size or "server default", "clients": args.clients,
+              "answered": len(answered), "stream": args.stream,
               "max_tokens": args.max_tokens, "wall_s": round(wall, 2),
               "tokens_per_s": round(sum(r["tokens"] for r in answered) / wall, 2)}
     if answered:

@@ -4,13 +4,15 @@
     python bench/predict_throughput.py --model_name_or_path smollm2-135m-instruct --batch_sizes 1 4 8
 
 Runs ``alpaca_cot.predict.predict`` (the code path of predict.py) over the same records,
-greedy, once per batch size, after a warm-up, and reports new tokens per second (tokens up
-to EOS; padding and tokens after EOS are not counted), the ratio to the first batch size and
-how many answers equal those of the first batch size.
+greedy, after a warm-up, for ``--rounds`` rounds (every batch size once per round, in
+alternating order), and reports new tokens per second (tokens up to EOS; padding and tokens
+after EOS are not counted), the ratio to the first batch size within each round, and how
+many answers equal those of the first run. Medians with min-max.
 """
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +34,7 @@ def main(argv=None):
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--compute_dtype", default="auto")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every batch size, in alternating order")
     args = parser.parse_args(argv)
 
     records, _ = load_data(args.data, require_output=False)
@@ -41,28 +44,34 @@ def main(argv=None):
     generator.generate_ids(generator.prompt_ids(records[:1]), {**kwargs, "max_new_tokens": 4})  # warm-up
     results, first_answers = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        for size in args.batch_sizes:
-            started = time.perf_counter()
-            report = predict(generator, records, Path(tmp) / f"b{size}.jsonl", kwargs, batch_size=size,
-                             progress=False)
-            seconds = time.perf_counter() - started
-            answers = [json.loads(line)["generate"] for line in (Path(tmp) / f"b{size}.jsonl").open(encoding="utf-8")]
-            first_answers = first_answers or answers
-            results.append({"batch_size": size, "records": len(records), "new_tokens": report.new_tokens,
-                            "seconds": round(seconds, 2), "tokens_per_s": round(report.new_tokens / seconds, 2),
-                            "same_answers": sum(a == b for a, b in zip(answers, first_answers))})
-            print(json.dumps(results[-1]), flush=True)
-    first = results[0]["tokens_per_s"]
+        for round_ in range(1, args.rounds + 1):
+            sizes = args.batch_sizes if round_ % 2 else args.batch_sizes[::-1]  # alternate the order
+            for size in sizes:
+                path = Path(tmp) / f"r{round_}_b{size}.jsonl"
+                started = time.perf_counter()
+                report = predict(generator, records, path, kwargs, batch_size=size, progress=False)
+                seconds = time.perf_counter() - started
+                answers = [json.loads(line)["generate"] for line in path.open(encoding="utf-8")]
+                first_answers = first_answers or answers
+                results.append({"round": round_, "batch_size": size, "records": len(records),
+                                "new_tokens": report.new_tokens, "seconds": round(seconds, 2),
+                                "tokens_per_s": round(report.new_tokens / seconds, 2),
+                                "same_answers": sum(a == b for a, b in zip(answers, first_answers))})
+                print(json.dumps(results[-1]), flush=True)
+    base = args.batch_sizes[0]
+    speed = {(r["round"], r["batch_size"]): r["tokens_per_s"] for r in results}
     print(f"\nmodel {generator.name}, {len(records)} records of {' '.join(args.data)}, greedy, "
-          f"max_new_tokens {args.max_new_tokens}")
-    size = results[0]["batch_size"]
-    print(f"| batch size | new tokens | seconds | tokens/s | vs batch {size} | answers equal to batch {size}'s |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['batch_size']} | {r['new_tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
-              f"{r['tokens_per_s'] / first:.2f}x | {r['same_answers']}/{r['records']} |")
+          f"max_new_tokens {args.max_new_tokens}, {args.rounds} round(s), median (min-max)")
+    print(f"| batch size | tokens/s | vs batch {base} (same round) | answers equal to the first run's |")
+    print("|---|---|---|---|")
+    for size in args.batch_sizes:
+        mine = [r for r in results if r["batch_size"] == size]
+        tps = [r["tokens_per_s"] for r in mine]
+        ratios = [speed[(r["round"], size)] / speed[(r["round"], base)] for r in mine]
+        same = min(r["same_answers"] for r in mine)
+        print(f"| {size} | {statistics.median(tps):.2f} ({min(tps):.2f}-{max(tps):.2f}) | "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}x-{max(ratios):.2f}x) | {same}/{len(records)} |")
     return results
-
 
 if __name__ == "__main__":
     main()

@@ -171,3 +171,20 @@ def test_messages_become_a_record_with_history():
                 Message(role="user", content=[{"type": "text", "text": "How are "}, {"type": "text", "text": "you?"}])]
     assert chat_record(messages) == {"instruction": "How are you?", "input": "", "history": [["Hi", "Hello!"]],
                                      "system": "Be brief."}
+
+
+def test_concurrent_requests_answer_as_they_would_alone(api):
+    url, _ = api
+    prompts = [f"Count to {n}." + " Slowly, please." * n for n in range(8)]
+
+    def ask(prompt, **body):
+        response = httpx.post(f"{url}/generate", json={"instruction": prompt, **body}, headers=AUTH, timeout=300)
+        assert response.status_code == 200, response.text
+        return response.json()["response"]
+
+    alone = [ask(p, temperature=0) for p in prompts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda p: ask(p, temperature=0), prompts))
+        seeded = list(pool.map(lambda _: ask(prompts[3], seed=5, temperature=1.5), range(4)))
+    assert together == alone  # greedy answers do not depend on what shares the batch
+    assert len(set(seeded)) == 1  # nor do seeded samples
