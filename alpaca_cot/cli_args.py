@@ -92,6 +92,11 @@ def config_file_args(path: str) -> list[str]:
         values = json.loads(text)
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of flag names to values")
+    return flag_tokens(values)
+
+
+def flag_tokens(values: dict) -> list[str]:
+    """A mapping of flag names to values as command-line tokens (None skipped, lists spread, bools lower-case)."""
     tokens: list[str] = []
     for key, value in values.items():
         if value is None:

@@ -31,7 +31,8 @@ def _index_dir() -> Path:
     return cache_home() / "tokenized" / "by_files"
 
 
-def _file_digest(path: Path) -> bytes:
+def file_digest(path: Path) -> bytes:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -64,18 +65,18 @@ def data_key(specs: list[str], *, seed: int, skip_invalid: bool, val_set_size: f
     try:
         for path in sorted({f for pattern in TOKENIZER_FILES for f in folder.glob(pattern) if f.is_file()}):
             h.update(f"tokenizer:{path.name}\n".encode())
-            h.update(_file_digest(path))
+            h.update(file_digest(path))
         for spec in specs:
             name, _ = parse_data_spec(spec)
             h.update(f"spec:{spec}\n".encode())
             for path in resolve_files(name):
                 h.update(f"file:{Path(path).resolve()}\n".encode())
-                h.update(_file_digest(Path(path)))
+                h.update(file_digest(Path(path)))
         registry = data_dir() / "datasets.json"
         if registry.exists():
-            h.update(_file_digest(registry))
+            h.update(file_digest(registry))
         for name in CODE:
-            h.update(_file_digest(PACKAGE / name))
+            h.update(file_digest(PACKAGE / name))
     except (DataError, OSError):
         return None
     h.update(json.dumps([seed, skip_invalid, val_set_size, cutoff_len, FORMAT_VERSION, transformers.__version__,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from .cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArguments, parse
+from .cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArguments, flag_tokens, parse
 from .evaluation.cache import content_key
 from .evaluation.report import write_report
 from .evaluation.runner import EvalGenerationArguments, EvaluateArguments, run_evaluation
@@ -155,23 +155,9 @@ def expand_cells(config: dict, out: Path) -> list[Cell]:
     return cells
 
 
-def _tokens(values: dict) -> list[str]:
-    """A flag mapping as command-line tokens, as ``--config`` files are read."""
-    tokens = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        tokens.append(f"--{key}")
-        if isinstance(value, (list, tuple)):
-            tokens += [str(v) for v in value]
-        else:
-            tokens.append(str(value).lower() if isinstance(value, bool) else str(value))
-    return tokens
-
-
 def _parse(groups, values: dict, where: str):
     try:
-        return parse(groups, _tokens(values))
+        return parse(groups, flag_tokens(values))
     except SystemExit as e:  # argparse has printed which flag is wrong
         raise StudyError(f"{where}: invalid flags {values} (see the error above)") from e
 

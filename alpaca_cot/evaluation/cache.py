@@ -16,6 +16,8 @@ import os
 import threading
 from pathlib import Path
 
+from ..datacache import file_digest
+
 
 def content_key(*parts) -> str:
     """A stable hash of JSON-serialisable parts."""
@@ -59,14 +61,6 @@ class JsonlCache:
                 os.fsync(f.fileno())
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_fingerprint(generator, lora_dir: str | None = None) -> str:
     """What identifies the model's behaviour: base checkpoint, adapter weights, dtype, template."""
     config = getattr(generator.model, "config", None)
@@ -74,7 +68,7 @@ def model_fingerprint(generator, lora_dir: str | None = None) -> str:
     if lora_dir:
         for name in ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors"):
             if (Path(lora_dir) / name).exists():
-                adapter = {"file": name, "sha256": _file_digest(Path(lora_dir) / name)}
+                adapter = {"file": name, "sha256": file_digest(Path(lora_dir) / name).hex()}
                 break
     dtype = str(next(generator.model.parameters()).dtype)
     return content_key(getattr(config, "name_or_path", generator.name), adapter, dtype, generator.template.name)
