@@ -22,10 +22,11 @@ def main(argv=None) -> dict:
     args = parse((ModelArguments, DataArguments, PeftArguments, FinetuneArguments), argv, description=__doc__)
     from alpaca_cot.train import ConfigError, run
     from alpaca_cot.data.schema import DataError
+    from alpaca_cot.guards import TrainingDiverged
 
     try:
         return run(*args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, TrainingDiverged) as e:
         sys.exit(f"error: {e}")
 
 

@@ -26,6 +26,7 @@ from . import datacache
 from .cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArguments
 from .data.loading import load_data
 from .data.schema import DataError
+from .guards import FiniteGuard
 from .loader import load_model, load_tokenizer, resolve_dtype, resolve_spec, upcast_trainable
 from .metadata import METADATA_FILE, write_metadata
 from .models import get_spec
@@ -230,7 +231,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
         train_dataset=train_set, eval_dataset=val_set, processing_class=tokenizer,
         # Packed rows or padding (input_ids with pad, labels with -100); labels are never rewritten.
         data_collator=batching.collator(tokenizer), compute_loss_func=batching.loss_func(),
-        callbacks=[InterruptCallback(), LossPlotCallback(output_dir), *method_callbacks(method, peft_args)])
+        callbacks=[InterruptCallback(), LossPlotCallback(output_dir), FiniteGuard(output_dir),
+                   *method_callbacks(method, peft_args)])
     if checkpoint:
         import json
 
@@ -315,7 +317,8 @@ def training_arguments(ft_args: FinetuneArguments, output_dir: str, dtype, has_e
         gradient_accumulation_steps=ft_args.gradient_accumulation_steps, num_train_epochs=ft_args.epochs,
         max_steps=ft_args.max_steps, learning_rate=ft_args.learning_rate, warmup_steps=ft_args.warmup_ratio,
         lr_scheduler_type=ft_args.lr_scheduler_type, weight_decay=ft_args.weight_decay,
-        logging_steps=ft_args.logging_steps, logging_first_step=True, save_strategy="steps",
+        logging_steps=ft_args.logging_steps, logging_first_step=True,
+        logging_nan_inf_filter=False,  # never log a NaN step as the average of earlier ones (FiniteGuard stops) save_strategy="steps",
         save_steps=ft_args.save_steps, save_total_limit=ft_args.save_total_limit, seed=ft_args.seed,
         report_to=[] if ft_args.report_to == "none" else [ft_args.report_to],
         # bf16 autocast on the CPU too (see resolve_dtype); fp16 only on GPUs.
