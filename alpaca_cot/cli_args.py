@@ -6,6 +6,7 @@ the command line, so explicit flags win and unknown keys are refused like unknow
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .embedded import DEFAULT_MODEL
+from .suggest import did_you_mean
 
 
 def _help(text: str, **extra) -> dict:
@@ -32,6 +34,10 @@ class ModelArguments:
         "default: the family's."))
     quantization_bit: Optional[int] = field(default=None, metadata=_help(
         "Load the base model in 4-bit (nf4, double quantization) or 8-bit with bitsandbytes."))
+    trust_remote_code: bool = field(default=False, metadata=_help(
+        "Run the modeling/tokenizer code a custom checkpoint ships (its auto_map). No registry family needs "
+        "it: the original's older families (chatglm, chatglm2/3, baichuan, internlm, moss) load through "
+        "native code after a one-time conversion."))
     compute_dtype: str = field(default="auto", metadata=_help(
         "Dtype of the base weights and of 4-bit compute: auto (bf16/fp16 on GPU; on the CPU: fp32, but bf16 "
         "autocast for training on CPUs with bf16 matrix units), fp32, bf16, fp16."))
@@ -41,22 +47,67 @@ class ModelArguments:
         from .infer import load_generator
 
         return load_generator(lora_dir, self.model_name_or_path, self.model_type, self.template,
-                              self.quantization_bit, self.compute_dtype, base_only=base_only)
+                              self.quantization_bit, self.compute_dtype, base_only=base_only,
+                              trust_remote_code=self.trust_remote_code)
+
+
+# Sampling settings of the inference scripts, one place for all of them (generate.py, predict.py,
+# server.py, web.py, evaluate.py; the Ollama export reads them too). "default" follows the field's
+# practice for instruction-tuned models: the generation_config.json files published with them
+# (Llama 3 Instruct: temperature 0.6, top_p 0.9; Qwen2.5 Instruct: 0.7 / 0.8, top_k 20, penalty
+# 1.05), transformers' top_k of 50, and no n-gram ban; a penalty of 1.0 because even mild ones
+# fight the repeated numbers of arithmetic. "original" is the original Alpaca-CoT's generate.py
+# (its README's "inference hyper-parameters").
+GENERATION_PRESETS: dict[str, dict] = {
+    "default": {"max_new_tokens": 256, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "num_beams": 1,
+                "do_sample": True, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0},
+    "original": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 0.9, "top_k": 40, "num_beams": 1,
+                 "do_sample": True, "no_repeat_ngram_size": 6, "repetition_penalty": 1.8},
+}
+
+
+def _preset_help(text: str, name: str) -> dict:
+    values = "; ".join(f"{preset}: {GENERATION_PRESETS[preset][name]}" for preset in GENERATION_PRESETS)
+    return {"help": f"{text} (default: from --generation_preset, {values})"}
 
 
 @dataclass
 class GenerationArguments:
-    max_new_tokens: int = field(default=256, metadata=_help("Maximum number of tokens to generate."))
-    temperature: float = field(default=1.0, metadata=_help("Sampling temperature."))
-    top_p: float = field(default=0.9, metadata=_help("Nucleus sampling probability mass."))
-    top_k: int = field(default=40, metadata=_help("Sample among the k most likely tokens."))
-    num_beams: int = field(default=1, metadata=_help("Beam search width (1: no beam search)."))
-    do_sample: bool = field(default=True, metadata=_help("Sample (true) or decode greedily (false)."))
-    no_repeat_ngram_size: int = field(default=6, metadata=_help("Never repeat an n-gram of this size (0: off)."))
-    repetition_penalty: float = field(default=1.8, metadata=_help("Penalty for repeated tokens (1.0: off)."))
+    """Generation settings. A flag left unset takes its value from ``--generation_preset``."""
+
+    _argument_group_name = "generation"
+    generation_preset: str = field(default="default", metadata=_help(
+        "Defaults of the flags below: 'default' (sampling as usual for instruction-tuned models: temperature "
+        "0.7, top_p 0.9, top_k 50, no repetition penalty, no n-gram ban) or 'original' (the original "
+        "Alpaca-CoT's: temperature 1.0, top_k 40, no_repeat_ngram_size 6, repetition_penalty 1.8)."))
+    max_new_tokens: Optional[int] = field(default=None, metadata=_preset_help(
+        "Maximum number of tokens to generate.", "max_new_tokens"))
+    temperature: Optional[float] = field(default=None, metadata=_preset_help(
+        "Sampling temperature.", "temperature"))
+    top_p: Optional[float] = field(default=None, metadata=_preset_help(
+        "Nucleus sampling probability mass.", "top_p"))
+    top_k: Optional[int] = field(default=None, metadata=_preset_help(
+        "Sample among the k most likely tokens (0: off).", "top_k"))
+    num_beams: Optional[int] = field(default=None, metadata=_preset_help(
+        "Beam search width (1: no beam search).", "num_beams"))
+    do_sample: Optional[bool] = field(default=None, metadata=_preset_help(
+        "Sample (true) or decode greedily (false).", "do_sample"))
+    no_repeat_ngram_size: Optional[int] = field(default=None, metadata=_preset_help(
+        "Never repeat an n-gram of this size (0: off).", "no_repeat_ngram_size"))
+    repetition_penalty: Optional[float] = field(default=None, metadata=_preset_help(
+        "Penalty for repeated tokens (1.0: off).", "repetition_penalty"))
     greedy: bool = field(default=False, metadata=_help(
         "Reproducible output: greedy decoding (do_sample false, one beam)."))
     seed: int = field(default=42, metadata=_help("Random seed for sampling."))
+
+    def __post_init__(self):
+        if self.generation_preset not in GENERATION_PRESETS:
+            raise ValueError(f"unknown --generation_preset {self.generation_preset!r}"
+                             f"{did_you_mean(self.generation_preset, GENERATION_PRESETS)}; "
+                             f"known: {', '.join(GENERATION_PRESETS)}")
+        for name, value in GENERATION_PRESETS[self.generation_preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def generate_kwargs(self) -> dict:
         sample = self.do_sample and not self.greedy
@@ -111,8 +162,30 @@ def flag_tokens(values: dict) -> list[str]:
     return tokens
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps a script's description as written (usage examples one per line) and adds each flag's
+    default once: "(default: X)" unless the help already states the default or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or "default:" in text or "(default" in text:
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text
+        default = action.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        elif isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default)
+        return f"{text} (default: {default})"
+
+
 def parse(dataclass_types, argv: list[str] | None = None, description: str | None = None):
-    """Parse ``argv`` into instances of ``dataclass_types``; unknown flags exit with an error."""
+    """Parse ``argv`` into instances of ``dataclass_types``.
+
+    Unknown flags exit with status 2 and a "did you mean" for each one that is close to a known
+    flag; a value a dataclass refuses (its ``__post_init__`` raising ValueError) exits the same way.
+    """
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -122,13 +195,21 @@ def parse(dataclass_types, argv: list[str] | None = None, description: str | Non
             raise SystemExit("error: --config needs a file path")
         argv = config_file_args(argv[i + 1]) + argv[:i] + argv[i + 2:]
     # allow_abbrev=False: a misspelt or shortened flag is an error, never a silent match.
-    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False)
+    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False,
+                              formatter_class=HelpFormatter)
     parser.add_argument("--config", help="YAML or JSON file of flag values (flags on the command line win)")
-    namespace = parser.parse_args(argv)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flags = [f for f in parser._option_string_actions if f.startswith("--") and "-" not in f[2:]]
+        notes = [f"{u.split('=')[0]}{did_you_mean(u.split('=')[0], flags)}" for u in unknown if u.startswith("-")]
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; {', '.join(notes)}" if notes else ""))
     outputs = []
     for dtype in parser.dataclass_types:
         keys = {f.name for f in dtype.__dataclass_fields__.values() if f.init}
-        outputs.append(dtype(**{k: v for k, v in vars(namespace).items() if k in keys}))
+        try:
+            outputs.append(dtype(**{k: v for k, v in vars(namespace).items() if k in keys}))
+        except ValueError as e:
+            parser.error(str(e))
     return outputs
 
 

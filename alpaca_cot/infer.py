@@ -258,7 +258,7 @@ class Generator:
 def load_generator(lora_dir: str | None = None, model_name_or_path: str | None = None,
                    model_type: str | None = None, template: str | None = None,
                    quantization_bit: int | None = None, compute_dtype: str = "auto",
-                   base_only: bool = False) -> Generator:
+                   base_only: bool = False, trust_remote_code: bool = False) -> Generator:
     """Base model (+ adapter from ``lora_dir`` unless ``base_only``) with its tokenizer and template."""
     from . import peft_methods  # noqa: F401  registers our PEFT methods before any adapter loads
 
@@ -268,7 +268,8 @@ def load_generator(lora_dir: str | None = None, model_name_or_path: str | None =
     base = _pick_base(model_name_or_path, meta)
     if full_model and not base_only and not model_name_or_path:
         base = lora_dir  # a full fine-tune or merged model: the folder is the model
-    spec, path = resolve_spec(model_type or meta.get("model_type"), base)
+    spec, path = resolve_spec(model_type or meta.get("model_type"), base,
+                              trust_remote_code or meta.get("args", {}).get("trust_remote_code", False))
     tpl = get_template(template or meta.get("template") or spec.template)
     tokenizer = load_tokenizer(lora_dir if lora_dir and (Path(lora_dir) / "tokenizer_config.json").exists()
                                else path, spec)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from .models import ModelSpec, detect_model_type, get_spec, resolve_model_path
+from .models import MODEL_REGISTRY, ModelSpec, detect_model_type, get_spec, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +46,77 @@ def resolve_dtype(name: str | None, training: bool = False) -> torch.dtype:
     return DTYPES[name]
 
 
-def resolve_spec(model_type: str | None, model_name_or_path: str | None) -> tuple[ModelSpec, str]:
-    """The family spec and the local path / Hub id of the checkpoint to load."""
-    if model_type:
-        spec = get_spec(model_type)
-        return spec, resolve_model_path(model_name_or_path, spec)
-    path = resolve_model_path(model_name_or_path)
+def resolve_spec(model_type: str | None, model_name_or_path: str | None,
+                 trust_remote_code: bool = False) -> tuple[ModelSpec, str]:
+    """The family spec and the local path / Hub id of the checkpoint to load.
+
+    A checkpoint of one of the original's older families in its published (legacy) layout is
+    converted once to a native folder (``alpaca_cot.legacy``), and that folder is returned. Without
+    ``model_type`` the family is detected: from a converted folder's record, a fine-tune's or merged
+    model's ``alpaca_cot.json``, or the config's ``model_type``. ``trust_remote_code`` lets
+    checkpoints with their own modeling code (``auto_map``) run it; no registry family needs it.
+    """
+    spec = get_spec(model_type) if model_type else None
+    path = native_checkpoint(resolve_model_path(model_name_or_path, spec), model_type)
+    if spec is None:
+        spec = get_spec(_detect_family(path, trust_remote_code))
+    if trust_remote_code and not spec.trust_remote_code:
+        spec = replace(spec, trust_remote_code=True)
+    return spec, path
+
+
+def native_checkpoint(path: str, model_type: str | None = None) -> str:
+    """``path`` itself, or the cached native conversion of the legacy checkpoint it names (a local
+    folder, or a Hub id whose config has a model_type transformers does not know: fetched first).
+    ``model_type``, when it names a legacy family, overrides detection (e.g. chatglm3)."""
+    from .legacy import LEGACY_FAMILIES
+    from .legacy.convert import cached_conversion
+
+    family = model_type if model_type in LEGACY_FAMILIES else None
+    if os.path.isdir(path):
+        converted = cached_conversion(path, family)
+        return str(converted) if converted is not None else path
+    try:  # a Hub id: only custom (remote-code) model types can be legacy checkpoints
+        from huggingface_hub import hf_hub_download, snapshot_download
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        with open(hf_hub_download(path, "config.json"), encoding="utf-8") as f:
+            if json.load(f).get("model_type") in CONFIG_MAPPING:
+                return path
+        local = snapshot_download(path, allow_patterns=["*.json", "*.model", "*.txt", "*.safetensors", "*.bin",
+                                                        "*.py", "*.tiktoken"])
+    except Exception as e:  # noqa: BLE001 - offline or not on the Hub: loading reports it as usual
+        logger.debug("cannot inspect %s on the Hub (%s)", path, e)
+        return path
+    converted = cached_conversion(local, family)
+    return str(converted) if converted is not None else local
+
+
+def _detect_family(path: str, trust_remote_code: bool) -> str:
+    from .legacy.convert import conversion_info, read_config
+    from .metadata import METADATA_FILE
+
+    if os.path.isdir(path):
+        info = conversion_info(path)
+        if info:
+            return info["family"]
+        meta = Path(path) / METADATA_FILE  # a merged model or a full fine-tune
+        if meta.is_file():
+            model_type = json.loads(meta.read_text(encoding="utf-8")).get("model_type")
+            if model_type in MODEL_REGISTRY:
+                return model_type
+        config = read_config(path)
+        if config is None:
+            raise ValueError(f"{path} has no config.json: not a model checkpoint folder")
+        return detect_model_type(config)
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot detect": say so
-        raise ValueError(f"cannot read the config of {path!r} to detect its family ({e}); "
-                         "pass --model_type") from e
-    return get_spec(detect_model_type(config)), path
+        raise ValueError(f"cannot read the config of {path!r} to detect its family ({e}); pass --model_type "
+                         "(or --trust_remote_code for a checkpoint that needs its own code)") from e
+    return detect_model_type(config)
 
 
 def load_tokenizer(path: str, spec: ModelSpec):

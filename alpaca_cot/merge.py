@@ -89,7 +89,8 @@ def merge(lora_dir: str, merged_dir: str, *, model_name_or_path: str | None = No
                        "base weights instead (the merged model's outputs differ slightly from %s-bit base + adapter)",
                        meta["quantization_bit"], meta["quantization_bit"])
 
-    spec, path = resolve_spec(model_type or meta.get("model_type"), _pick_base(model_name_or_path, meta))
+    spec, path = resolve_spec(model_type or meta.get("model_type"), _pick_base(model_name_or_path, meta),
+                              meta.get("args", {}).get("trust_remote_code", False))
     base = load_model(path, spec, dtype="auto" if dtype == "auto" else resolve_dtype(dtype))
     if getattr(base.config, "quantization_config", None):
         logger.warning("the base checkpoint %s is quantized; dequantizing it to merge in full precision", path)

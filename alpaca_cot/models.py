@@ -30,7 +30,6 @@ class ModelSpec:
         pad_token: what to use when the tokenizer has no pad token: "unk" or "eos".
         default_checkpoint: Hub id used when ``--model_name_or_path`` is not given.
         config_model_types: ``config.model_type`` values that identify the family.
-        config_marker: a config attribute that must exist too (tells chatglm2 from chatglm).
         source: where the family's reference checkpoint lives.
     """
 
@@ -42,7 +41,6 @@ class ModelSpec:
     pad_token: str = "eos"
     default_checkpoint: str | None = None
     config_model_types: tuple[str, ...] = ()
-    config_marker: str | None = None
     source: str = ""
 
 
@@ -67,26 +65,28 @@ register_model(ModelSpec(
 register_model(ModelSpec(
     "gemma3", target_modules=("q_proj", "v_proj"), default_checkpoint="gemma3-270m",
     config_model_types=("gemma3_text", "gemma3"), source="https://huggingface.co/google/gemma-3-270m"))
+# The original's older families: their published checkpoints (legacy layout, written for their own
+# remote code) are converted once to native classes by alpaca_cot.legacy; these entries describe the
+# converted models (module names after conversion), so no entry runs remote code.
 register_model(ModelSpec(
-    "chatglm", model_class="AutoModel", trust_remote_code=True, target_modules=("query_key_value",),
-    template="chatglm", default_checkpoint="THUDM/chatglm-6b", config_model_types=("chatglm",),
-    source="https://huggingface.co/THUDM/chatglm-6b"))
+    "chatglm", target_modules=("query_key_value",), template="chatglm", default_checkpoint="THUDM/chatglm-6b",
+    config_model_types=("chatglm6b",), source="https://huggingface.co/THUDM/chatglm-6b"))
 register_model(ModelSpec(
-    "chatglm2", trust_remote_code=True, target_modules=("query_key_value",), template="chatglm2",
-    default_checkpoint="THUDM/chatglm2-6b", config_model_types=("chatglm",),
-    config_marker="multi_query_attention", source="https://huggingface.co/THUDM/chatglm2-6b"))
+    "chatglm2", target_modules=("q_proj", "k_proj", "v_proj"), template="chatglm2",
+    default_checkpoint="THUDM/chatglm2-6b", source="https://huggingface.co/THUDM/chatglm2-6b"))
 register_model(ModelSpec(
-    "moss", trust_remote_code=True, target_modules=("qkv_proj",), template="moss",
-    default_checkpoint="fnlp/moss-moon-003-sft", config_model_types=("moss",),
+    "chatglm3", target_modules=("q_proj", "k_proj", "v_proj"), template="chatglm3",
+    default_checkpoint="THUDM/chatglm3-6b", source="https://huggingface.co/THUDM/chatglm3-6b"))
+register_model(ModelSpec(
+    "moss", target_modules=("qkv_proj",), template="moss", default_checkpoint="fnlp/moss-moon-003-sft",
     source="https://huggingface.co/fnlp/moss-moon-003-sft"))
 register_model(ModelSpec(
-    "baichuan", trust_remote_code=True, target_modules=("W_pack",), template="baichuan",
-    default_checkpoint="baichuan-inc/Baichuan2-7B-Chat", config_model_types=("baichuan",),
+    "baichuan", target_modules=("q_proj", "k_proj", "v_proj"), template="baichuan",
+    default_checkpoint="baichuan-inc/Baichuan2-7B-Chat", config_model_types=("baichuan_alibi",),
     source="https://huggingface.co/baichuan-inc"))
 register_model(ModelSpec(
-    "internlm", trust_remote_code=True, target_modules=("q_proj", "v_proj"), template="internlm",
-    default_checkpoint="internlm/internlm-chat-7b", config_model_types=("internlm",),
-    source="https://huggingface.co/internlm/internlm-chat-7b"))
+    "internlm", target_modules=("q_proj", "v_proj"), template="internlm",
+    default_checkpoint="internlm/internlm-chat-7b", source="https://huggingface.co/internlm/internlm-chat-7b"))
 # Anything else: Auto classes, targets found from the model's linear layers.
 register_model(ModelSpec("auto", source="transformers Auto classes"))
 
@@ -106,10 +106,11 @@ def resolve_model_path(name_or_path: str | None, spec: ModelSpec | None = None) 
 
 
 def detect_model_type(config) -> str:
-    """The registry family whose ``config_model_types`` (and marker) match ``config``; else "auto"."""
-    matches = [s for s in MODEL_REGISTRY.values() if config.model_type in s.config_model_types]
-    for spec in sorted(matches, key=lambda s: s.config_marker is None):
-        if spec.config_marker is None or hasattr(config, spec.config_marker):
+    """The registry family whose ``config_model_types`` include ``config``'s model_type (a config or
+    a config.json dict); else "auto"."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    for spec in MODEL_REGISTRY.values():
+        if model_type in spec.config_model_types:
             return spec.name
     return "auto"
 

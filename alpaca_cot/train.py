@@ -27,6 +27,7 @@ from .cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArgu
 from .data.loading import load_data
 from .data.schema import DataError
 from .guards import FiniteGuard
+from .legacy.convert import conversion_info
 from .loader import load_model, load_tokenizer, resolve_dtype, resolve_spec, upcast_trainable
 from .metadata import METADATA_FILE, write_metadata
 from .models import get_spec
@@ -189,7 +190,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     params = method_params(peft_args)
     output_dir = ft_args.output_dir or default_output_dir(model_args, data_args, peft_args, ft_args)
     checkpoint = resolve_checkpoint(ft_args.resume_from_checkpoint, output_dir)
-    spec, model_path = resolve_spec(model_args.model_type, model_args.model_name_or_path)
+    spec, model_path = resolve_spec(model_args.model_type, model_args.model_name_or_path,
+                                    model_args.trust_remote_code)
     template = get_template(model_args.template or spec.template)
 
     tokenizer, train_set, val_set, report = prepare_data(data_args, ft_args.seed, model_path, spec, template)
@@ -255,7 +257,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
                    wall_seconds=round(time.time() - started, 1))
     if trainer.is_world_process_zero():
         meta = {"base_model": model_args.model_name_or_path or spec.default_checkpoint,
-                "base_model_path": model_path, "model_type": spec.name, "template": template.name,
+                "base_model_path": model_path, "converted_from": (conversion_info(model_path) or {}).get("source"),
+                "model_type": spec.name, "template": template.name,
                 "peft_type": method.name, "peft_params": params, "target_modules": targets,
                 "quantization_bit": model_args.quantization_bit, "data": data_args.data,
                 "cutoff_len": data_args.cutoff_len, "metrics": metrics,
