@@ -65,6 +65,33 @@ def browser():
         driver.quit()
 
 
+def page_state(driver) -> tuple[bool, list[str]]:
+    """(a reply is being generated, the bot messages' texts), read in one script run.
+
+    One atomic read: element handles kept across polls go stale when Gradio re-renders the
+    chatbot (every streamed piece, Clear), which made ``.text`` raise under load.
+    """
+    return tuple(driver.execute_script(
+        "const chat = document.getElementById('chatbot');"
+        "return [chat.querySelector('.generating, .pending') !== null,"
+        "        Array.from(chat.querySelectorAll(\"[data-testid='bot']\")).map(m => m.innerText.trim())];"))
+
+
+def settled_reply(count: int):
+    """A wait condition: ``count`` bot messages, the last non-empty, nothing generating, and the
+    same page state at two successive polls (the final streamed piece has been rendered)."""
+    seen = []
+
+    def check(driver):
+        state = page_state(driver)
+        busy, texts = state
+        seen.append(state)
+        done = not busy and len(texts) == count and texts[-1] and len(seen) > 1 and seen[-2] == state
+        return texts if done else False
+
+    return check
+
+
 def test_chat_page_answers_in_the_browser(web, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -78,14 +105,11 @@ def test_chat_page_answers_in_the_browser(web, browser, tmp_path):
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#settings input[type=range]")) == 5)  # the sliders
 
     def bot_messages(driver):
-        return [m.text.strip() for m in driver.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='bot']")]
+        return page_state(driver)[1]
 
     box.send_keys("Name three colours.")
     box.send_keys(Keys.ENTER)
-    wait.until(lambda d: bot_messages(d) and bot_messages(d)[-1])
-    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#chatbot .generating, #chatbot .pending"))
-    time.sleep(1)  # let the last streamed pieces render
-    (reply,) = bot_messages(browser)
+    (reply,) = wait.until(settled_reply(1))
     assert reply and "Name three colours." in browser.find_element(By.ID, "chatbot").text
     browser.save_screenshot(str(tmp_path / "chat.png"))
     assert (tmp_path / "chat.png").stat().st_size > 10_000
