@@ -60,7 +60,7 @@ def detect_family(folder: str | os.PathLike) -> LegacyFamily | None:
     config = read_config(folder)
     if config is None:
         return None
-    files = {p.name for p in folder.iterdir()}
+    files = {p.name: p for p in folder.iterdir() if p.is_file()}
     found = [f for f in _families().values() if f.detect(config, files)]
     if len(found) > 1:  # detectors must exclude each other; a tie is our bug, not the user's
         raise RuntimeError(f"{folder}: several legacy families match: {[f.name for f in found]}")
@@ -73,14 +73,24 @@ def conversion_info(folder: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files: those an index names, else ``model*.safetensors``, else
+    ``pytorch_model*.bin`` (other tensor files in the folder, such as test references or adapters, are not weights)."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
+            return [folder / name for name in sorted(set(weight_map.values()))]
+    return sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+
+
 def load_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint in ``folder`` (safetensors or PyTorch ``.bin`` files, sharded or not)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    files = _weight_files(folder)
     if not files:
-        raise LegacyConversionError(f"{folder}: no weights (*.safetensors or pytorch_model*.bin)")
+        raise LegacyConversionError(f"{folder}: no weights (model*.safetensors or pytorch_model*.bin)")
     state: dict[str, torch.Tensor] = {}
     for path in files:
         try:
@@ -119,9 +129,22 @@ def source_digest(folder: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, family: LegacyFamily | None = None,
+def resolve_family(family: LegacyFamily | str) -> LegacyFamily:
+    """``family`` itself, or the registered family of that name (``--model_type chatglm3``)."""
+    if isinstance(family, LegacyFamily):
+        return family
+    families = _families()
+    if family not in families:
+        raise LegacyConversionError(f"unknown legacy family {family!r}; known: {', '.join(sorted(families))}")
+    return families[family]
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, family: LegacyFamily | str | None = None,
                        overwrite: bool = False) -> Path:
     """Convert the legacy checkpoint in ``src`` into a native folder ``dst`` (written atomically).
+
+    ``family`` (a ``LegacyFamily`` or its name) overrides detection, e.g. ``"chatglm3"`` for a ChatGLM
+    folder whose files do not say which generation it is.
 
     Raises:
         LegacyConversionError: ``src`` is not a legacy layout we know, its weights do not fit, or ``dst``
@@ -130,7 +153,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, family: L
     from huggingface_hub import save_torch_state_dict
 
     src, dst = Path(src), Path(dst)
-    family = family or detect_family(src)
+    family = resolve_family(family) if family is not None else detect_family(src)
     if family is None:
         raise LegacyConversionError(
             f"{src}: not a checkpoint of a legacy family ({', '.join(_families())}); config.json model_type "
@@ -170,12 +193,14 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, family: L
     return dst
 
 
-def cached_conversion(src: str | os.PathLike) -> Path | None:
+def cached_conversion(src: str | os.PathLike, family: LegacyFamily | str | None = None) -> Path | None:
     """The cached native folder for legacy checkpoint ``src`` (converting it on first use), or None
-    when ``src`` is not a legacy layout. A changed source folder is converted again."""
-    family = detect_family(src)
-    if family is None:
+    when ``src`` is not a legacy layout. A changed source folder is converted again. ``family`` (or its
+    name) overrides the detected family of a legacy folder (``--model_type chatglm3``)."""
+    detected = detect_family(src)
+    if detected is None:
         return None
+    family = resolve_family(family) if family is not None else detected
     from ..embedded import cache_home
 
     src = Path(src)

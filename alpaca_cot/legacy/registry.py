@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -25,7 +25,9 @@ class LegacyFamily:
 
     Attributes:
         name: the registry ``--model_type`` the converted folder belongs to (``alpaca_cot.models``).
-        detect: ``(legacy config.json dict, names of the files in the folder) -> bool``.
+        detect: ``(legacy config.json dict, {file name: path} of the folder's files) -> bool``; a
+            membership test (``"tokenizer.model" in files``) needs only the names, the paths let a
+            detector read a file where the config alone does not decide (ChatGLM2 vs ChatGLM3).
         convert_config: legacy config.json dict -> the native ``PretrainedConfig``.
         convert_state_dict: ``(legacy state dict, legacy config dict) -> native state dict``; tensors
             keep their dtype; fused layers are split, renamed, heads folded as the family needs.
@@ -38,7 +40,7 @@ class LegacyFamily:
     """
 
     name: str
-    detect: Callable[[dict, set[str]], bool]
+    detect: Callable[[dict, Mapping[str, Path]], bool]
     convert_config: Callable[[dict], object]
     convert_state_dict: Callable[[dict[str, torch.Tensor], dict], dict[str, torch.Tensor]]
     build_tokenizer: Callable[[Path, dict], object] | None
