@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .loading import data_dir, how_to_obtain, load_registry
+from ..suggest import did_you_mean
 from .schema import DataError
 
 HUB_REPO = "QingyiSi/Alpaca-CoT"
@@ -41,7 +42,7 @@ def leaves(name: str, registry: dict | None = None, _seen: tuple = ()) -> list[s
     """The non-mixture entries a name stands for, in order (a plain entry gives itself)."""
     registry = load_registry() if registry is None else registry
     if name not in registry:
-        raise DataError(f"{name!r} is not a registered dataset")
+        raise DataError(f"{name!r} is not a registered dataset{did_you_mean(name, registry)}")
     if name in _seen:
         raise DataError(f"mixture cycle: {' -> '.join(_seen + (name,))}")
     entry = registry[name]
@@ -69,6 +70,13 @@ def check_registry(registry: dict | None = None) -> list[str]:
                 problems.append(f"{where}: missing '{key}'")
         if entry.get("format") and entry["format"] not in CONVERTERS:
             problems.append(f"{where}: format {entry['format']!r} has no converter")
+        elif entry.get("format"):  # preference pairs come from pair converters, instruction records from the others
+            kind = entry.get("kind", "instruction")
+            if kind not in ("instruction", "pairs"):
+                problems.append(f"{where}: kind {kind!r} not 'pairs' (or absent, for instruction records)")
+            elif CONVERTERS[entry["format"]].kind != kind:
+                problems.append(f"{where}: format {entry['format']!r} makes {CONVERTERS[entry['format']].kind} "
+                                f"records but the entry's kind is {kind}")
         for tag, allowed in TAG_VALUES.items():
             if tag in entry and entry[tag] not in allowed:
                 problems.append(f"{where}: {tag} {entry[tag]!r} not one of {sorted(allowed)}")
@@ -120,7 +128,8 @@ def hub_plan(names: list[str], registry: dict | None = None, root: Path | None =
     plan, seen = [], set()
     for name in names:
         if name not in registry:
-            raise DataError(f"{name!r} is not a registered dataset; known: {', '.join(sorted(registry))}")
+            raise DataError(f"{name!r} is not a registered dataset{did_you_mean(name, registry)}; "
+                            f"known: {', '.join(sorted(registry))}")
         for leaf in leaves(name, registry):
             entry = registry[leaf]
             if not entry.get("hub_files"):
@@ -157,6 +166,8 @@ def registry_table(registry: dict | None = None) -> str:
             row_name = f"[{row_name}]({entry['source']})"
         if entry.get("status") == "in_progress":
             row_name = (row_name + " " if row_name else "") + "(in progress)"
+        if entry.get("kind") == "pairs":
+            row_name = (row_name + " " if row_name else "") + "**preference pairs**"
         files = ", ".join(f"`{f}`" for f in entry.get("files", []))
         rows.append(f"| `{name}` | {row_name} | {entry.get('records') or ''} | {entry.get('lang', '')} | "
                     f"{entry.get('task', '')} | {entry.get('gen', '')} | `{entry.get('format', '')}` | "

@@ -62,3 +62,55 @@ def normalize(record: dict) -> dict:
     out["input"] = out.get("input") or ""
     out["history"] = [[str(u), str(a)] for u, a in (out.get("history") or [])]
     return out
+
+
+# ---------------------------------------------------------------- preference records
+#
+# A preference pair shares the prompt fields of an instruction record and replaces "output" by
+# two responses: {"instruction", "input", "history"?, "system"?, "chosen", "rejected", "source"?}.
+# An unpaired (KTO) record keeps "output" and adds "label": true (desirable) or false.
+
+PREFERENCE_KINDS = ("pairs", "unpaired")
+
+
+def preference_problem(record: Any, kind: str = "pairs") -> str | None:
+    """What is wrong with a preference ``record`` of ``kind`` ("pairs" or "unpaired"), or None.
+
+    The prompt fields are checked as for instruction records; "pairs" needs non-empty, different
+    ``chosen`` and ``rejected`` strings, "unpaired" a non-empty ``output`` and a boolean ``label``.
+    """
+    if kind not in PREFERENCE_KINDS:
+        raise ValueError(f"unknown preference record kind {kind!r}; known: {', '.join(PREFERENCE_KINDS)}")
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if kind == "unpaired":
+        if "label" not in record:
+            return "missing key 'label' (true for a desirable output, false for an undesirable one)"
+        if not isinstance(record["label"], bool):
+            return f"'label' must be true or false, got {json_type(record['label'])}"
+        return record_problem(record)
+    for key in ("chosen", "rejected"):
+        if key not in record:
+            hint = " (a preference pair has 'chosen' and 'rejected' instead of 'output')" if "output" in record else ""
+            return f"missing key '{key}'{hint}"
+        if not isinstance(record[key], str):
+            return f"'{key}' must be a string, got {json_type(record[key])}"
+        if not record[key].strip():
+            return f"empty '{key}'"
+    if record["chosen"] == record["rejected"]:
+        return "'chosen' and 'rejected' are the same text: the pair states no preference"
+    return record_problem({**record, "output": record["chosen"]})
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def normalize_preference(record: dict) -> dict:
+    """A validated preference record with ``input`` "" and ``history`` a list of pairs filled in."""
+    out = normalize({**record, "output": record.get("output", "")})
+    if "chosen" in record:
+        del out["output"]
+    return out

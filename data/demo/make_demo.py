@@ -14,6 +14,12 @@ Writes three JSON lists of unified records
   output cut down to its final sentence (``The answer is N.`` / ``答案是N。``).
 * ``test.json``: held-out CoT word problems (half English, half Chinese) whose
   instructions never occur in the training split.
+* ``pref_train.json`` / ``pref_test.json``: preference pairs
+  ``{"instruction", "input", "chosen", "rejected", "source": "demo"}``. ``chosen`` is a
+  correct rationale; ``rejected`` is the same rationale with one arithmetic slip: the
+  result of its last step is off (by 1, 2 or 10) and so is the final number.
+  ``pref_train.json`` holds new problems (instructions in neither split above);
+  ``pref_test.json`` pairs every held-out problem of ``test.json``.
 
 CoT problems come from 17 kinds (addition, subtraction, multiplication, exact
 sharing, price times quantity, and two-step combinations such as buy-then-give,
@@ -34,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import re
 import tempfile
 from typing import Callable
 
@@ -422,6 +429,44 @@ def build(seed: int, n_train: int, n_test: int) -> tuple[list[Record], list[Reco
     return train, nocot, test
 
 
+# --- preference pairs ----------------------------------------------------------
+STEP_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+FINAL_RE = re.compile(r"(The answer is |答案是)(\d+)([.。])$")
+
+
+def slip(output: str, r: Rng) -> str:
+    """`output` with one arithmetic slip: its last step's result and the final number both off."""
+    steps = list(STEP_RE.finditer(output))
+    final = FINAL_RE.search(output)
+    if not steps or not final:
+        raise ValueError(f"not a demo rationale: {output!r}")
+    last = steps[-1]
+    right = int(last.group(4))
+    wrong = right + r.choice([d for d in (-10, -2, -1, 1, 2, 10) if right + d >= 0])
+    body = output[: last.start(4)] + str(wrong) + output[last.end(4): final.start(2)]
+    return body + str(wrong) + final.group(3)
+
+
+def pair(record: Record, r: Rng) -> Record:
+    """A preference pair: the record's correct rationale against the same one with a slip."""
+    return dict(instruction=record["instruction"], input=record["input"], chosen=record["output"],
+                rejected=slip(record["output"], r), source="demo")
+
+
+def build_pairs(seed: int, n_pref: int, train: list[Record], test: list[Record]) -> tuple[list[Record], list[Record]]:
+    """Return (pref_train, pref_test); a generator of its own, so the other files do not change."""
+    r = random.Random(f"{seed}:preference")
+    seen = {x["instruction"] for x in train + test}
+    pref_train = []
+    for i in range(n_pref):
+        lang = "en" if i % 2 == 0 else "zh"
+        kind = KINDS[(i // 2) % len(KINDS)]
+        rec, _ = _unique(lambda: cot_problem(lang, kind, r), seen, lambda x: x["instruction"])
+        pref_train.append(pair(rec, r))
+    r.shuffle(pref_train)
+    return pref_train, [pair(rec, r) for rec in test]
+
+
 def write_json(path: str, records: list[Record]) -> None:
     """Write `records` as an indented UTF-8 JSON list, atomically."""
     text = json.dumps(records, ensure_ascii=False, indent=1) + "\n"
@@ -443,10 +488,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
     p.add_argument("--n_train", type=int, default=1000)
     p.add_argument("--n_test", type=int, default=100)
+    p.add_argument("--n_pref", type=int, default=400, help="preference pairs of new problems (pref_train.json)")
     args = p.parse_args(argv)
     train, nocot, test = build(args.seed, args.n_train, args.n_test)
+    pref_train, pref_test = build_pairs(args.seed, args.n_pref, train, test)
     os.makedirs(args.out_dir, exist_ok=True)
-    for name, recs in (("train.json", train), ("train_nocot.json", nocot), ("test.json", test)):
+    for name, recs in (("train.json", train), ("train_nocot.json", nocot), ("test.json", test),
+                       ("pref_train.json", pref_train), ("pref_test.json", pref_test)):
         write_json(os.path.join(args.out_dir, name), recs)
         print(f"wrote {len(recs)} records to {os.path.join(args.out_dir, name)}")
 

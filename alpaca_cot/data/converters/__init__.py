@@ -5,7 +5,7 @@ files. Each converter's docstring states the raw schema it assumes. Importing th
 registers every converter.
 """
 
-from . import dialogue, instruction, tasks  # noqa: F401  (registration)
+from . import dialogue, instruction, preference, tasks  # noqa: F401  (registration)
 from .base import (CONVERTERS, BadRecord, ConversionReport, ConvertContext, Converter, Skip,
                    canonical, convert_files, dialogue as dialogue_record, get_converter,
                    register_converter, split_markers)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..readers import read_raw
-from ..schema import DataError, normalize, record_problem
+from ..schema import DataError, normalize, normalize_preference, preference_problem, record_problem
 
 ROLE_USER, ROLE_ASSISTANT, ROLE_SYSTEM = "user", "assistant", "system"
 
@@ -55,6 +55,10 @@ class Converter:
     fn: Callable
     grouped: bool = False  # fn(rows, ctx) over the whole (where, raw) stream
     header: bool = True    # CSV/TSV sources start with a header row
+    kind: str = "instruction"  # or "pairs": preference pairs (chosen/rejected), validated as such
+
+    def problem(self, record) -> str | None:
+        return preference_problem(record) if self.kind == "pairs" else record_problem(record)
 
     @property
     def doc(self) -> str:
@@ -68,14 +72,17 @@ class Converter:
 CONVERTERS: dict[str, Converter] = {}
 
 
-def register_converter(name: str, *, grouped: bool = False, header: bool = True):
-    """Decorator registering ``fn`` as the converter for source format ``name`` (no duplicates)."""
+def register_converter(name: str, *, grouped: bool = False, header: bool = True, kind: str = "instruction"):
+    """Decorator registering ``fn`` as the converter for source format ``name`` (no duplicates).
+
+    ``kind`` "pairs" marks a converter of preference pairs (``chosen``/``rejected`` instead of ``output``).
+    """
     def wrap(fn):
         if name in CONVERTERS:
             raise ValueError(f"converter {name!r} is already registered")
         if not (fn.__doc__ or "").strip():
             raise ValueError(f"converter {name!r} needs a docstring stating its raw schema")
-        CONVERTERS[name] = Converter(name, fn, grouped=grouped, header=header)
+        CONVERTERS[name] = Converter(name, fn, grouped=grouped, header=header, kind=kind)
         return fn
     return wrap
 
@@ -213,6 +220,18 @@ def canonical(record: dict, source: str) -> dict:
     return out
 
 
+def canonical_pair(record: dict, source: str) -> dict:
+    """A preference pair with keys in order (prompt fields, chosen, rejected, source), as ``canonical``."""
+    record = normalize_preference(record)
+    out = {"instruction": record["instruction"], "input": record["input"]}
+    if record["history"]:
+        out["history"] = record["history"]
+    if record.get("system"):
+        out["system"] = record["system"]
+    out.update(chosen=record["chosen"], rejected=record["rejected"], source=record.get("source") or source)
+    return out
+
+
 def _outputs(conv: Converter, stream: Iterator[tuple[str, object]], ctx: ConvertContext):
     """(where, item) pairs, item a record dict, a Skip or a BadRecord."""
     if conv.grouped:
@@ -248,7 +267,7 @@ def convert_files(fmt: str, paths: Iterable[str | os.PathLike], *, source: str |
             if isinstance(item, Skip):
                 report.skipped[item.reason] += 1
                 continue
-            problem = str(item) if isinstance(item, BadRecord) else record_problem(item)
+            problem = str(item) if isinstance(item, BadRecord) else conv.problem(item)
             if problem:
                 message = f"{path}: {where}: {problem}"
                 if not skip_invalid:
@@ -256,4 +275,4 @@ def convert_files(fmt: str, paths: Iterable[str | os.PathLike], *, source: str |
                 report.invalid.append(message)
                 continue
             report.written += 1
-            yield canonical(item, ctx.source)
+            yield canonical_pair(item, ctx.source) if conv.kind == "pairs" else canonical(item, ctx.source)
