@@ -20,7 +20,7 @@ import importlib
 from .registry import LEGACY_FAMILIES, LegacyFamily, register_family
 
 # Each module registers one or more families when imported.
-FAMILY_MODULES: tuple[str, ...] = ("internlm", "moss", "chatglm2")
+FAMILY_MODULES: tuple[str, ...] = ("chatglm6b", "baichuan", "internlm", "moss", "chatglm2")
 
 for _module in FAMILY_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
