@@ -187,6 +187,12 @@ def test_quantized_moss_and_chatglm_are_refused_clearly(tmp_path):
     with pytest.raises(LegacyConversionError, match=r"quantized \(quantization_bit=4"):
         convert_checkpoint(glm, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    _edit_config(glm, quantization_bit=0, pre_seq_len=128)  # a P-tuning v2 checkpoint
+    with pytest.raises(LegacyConversionError, match="P-tuning v2 prefix"):
+        convert_checkpoint(glm, tmp_path / "out")
+    with pytest.raises(LegacyConversionError, match="prefix_encoder"):
+        LEGACY_FAMILIES["chatglm3"].convert_state_dict({"transformer.prefix_encoder.embedding.weight": torch.zeros(1)},
+                                                       {})
 
 
 def _rope(config):
