@@ -5,10 +5,15 @@
     python study.py studies/peft_methods.yaml --set train.max_steps=50 --set evaluate.cot_math.max_samples=20
     python study.py studies/cot_ablation.yaml --dry_run       # list the cells, check every flag
     python study.py studies/cot_ablation.yaml --report_only   # rebuild results.md and plots
+    python study.py studies/cot_ablation.yaml --estimate      # expected wall time and peak memory, run nothing
+    python study.py studies/cot_ablation.yaml --cell with_cot --seed 2 --output_dir /tmp/rerun
+                                                              # re-run one cell and seed alone, compare numbers
 
 The study file's format is described in alpaca_cot/study.py. Results: OUT/results.md (one row
-per cell, best per column in bold), OUT/results.json, OUT/plots/*.png, and every cell's
-fine-tune and evaluation under OUT/cells/.
+per cell: mean over seeds with 95% intervals, paired tests against the reference cell, bold
+where significant), OUT/results.json, OUT/plots/*.png (error bars), and every run's fine-tune,
+evaluations and manifest under OUT/cells/<cell>/seed<S>/. Every run prints the cost estimate
+before it starts.
 """
 
 import argparse
@@ -26,7 +31,14 @@ def main(argv=None):
     parser.add_argument("--output_dir", help="where the study writes (default: the file's output_dir)")
     parser.add_argument("--dry_run", action="store_true", help="list the cells and check their flags, run nothing")
     parser.add_argument("--report_only", action="store_true", help="rebuild results.md and plots, run nothing")
+    parser.add_argument("--estimate", action="store_true",
+                        help="time a few steps and evaluation items per configuration, print the expected wall time "
+                             "and peak memory of what is left to run, run nothing else")
+    parser.add_argument("--cell", help="run only this cell (its name in results.md)")
+    parser.add_argument("--seed", type=int, help="with --cell: only this seed")
     args = parser.parse_args(argv)
+    if args.seed is not None and args.cell is None:
+        parser.error("--seed needs --cell")
     from alpaca_cot.data.schema import DataError
     from alpaca_cot.evaluation.judged import JudgeError
     from alpaca_cot.study import StudyError, StudyInterrupted, run_study
@@ -35,12 +47,13 @@ def main(argv=None):
     setup_logging()
     overrides = args.overrides + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     try:
-        out = run_study(args.study, overrides, smoke=args.smoke, report_only=args.report_only, dry_run=args.dry_run)
+        out = run_study(args.study, overrides, smoke=args.smoke, report_only=args.report_only, dry_run=args.dry_run,
+                        estimate_only=args.estimate, cell=args.cell, seed=args.seed)
     except (StudyInterrupted, KeyboardInterrupt) as e:
         sys.exit(f"interrupted{': ' + str(e) if str(e) else ''}; run the same command again to resume")
     except (StudyError, ConfigError, DataError, JudgeError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    if not args.dry_run:
+    if not args.dry_run and not args.estimate:
         print((out / "results.md").read_text(encoding="utf-8"))
     return out
 

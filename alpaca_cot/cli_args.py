@@ -231,6 +231,12 @@ class DataArguments:
     preprocessing_num_workers: Optional[int] = field(default=None, metadata=_help(
         "Processes for tokenization (default: 1, as the fast tokenizer already uses every core; up to 4 for "
         "5,000+ records when TOKENIZERS_PARALLELISM is off)."))
+    decontaminate: Optional[list[str]] = field(default=None, metadata=_help(
+        "Evaluation sets (files, folders or registry names): drop every training record that shares an n-gram "
+        "with one of their items (word n-grams for English, character n-grams for Chinese; see "
+        "--decontaminate_ngrams) and log how many were dropped."))
+    decontaminate_ngrams: list[int] = field(default_factory=lambda: [13, 8], metadata=_help(
+        "--decontaminate's n-gram sizes: English words, then Chinese characters."))
 
 
 @dataclass
@@ -300,3 +306,9 @@ class FinetuneArguments:
         "Fully sharded data parallel: true (settings from --fsdp_config, e.g. configs/fsdp.json) or a Trainer "
         "strategy string such as 'full_shard auto_wrap' (launch with torchrun)."))
     fsdp_config: Optional[str] = field(default=None, metadata=_help("FSDP config file, e.g. configs/fsdp.json."))
+    budget_tokens: Optional[int] = field(default=None, metadata=_help(
+        "Train on this many supervised (label) tokens: samples taken in a seeded order until their label tokens "
+        "reach it, one pass over them (replaces --max_steps/--epochs)."))
+    budget_flops: Optional[float] = field(default=None, metadata=_help(
+        "Train for this many FLOPs (6 x linear-layer weights x input tokens, Kaplan et al. 2020), met the same "
+        "way as --budget_tokens."))

@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from . import datacache
+from .budget import TokenCounter, apply_budget, check_budget, data_totals, source_losses
 from .cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArguments
 from .data.loading import load_data
 from .data.schema import DataError
@@ -120,6 +121,10 @@ def validate(model_args, data_args, peft_args, ft_args) -> None:
         raise ConfigError("--warmup_ratio must be in [0, 1)")
     if ft_args.learning_rate <= 0:
         raise ConfigError("--learning_rate must be > 0")
+    try:  # --budget_tokens / --budget_flops / --decontaminate
+        check_budget(data_args, ft_args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def default_workers(n_records: int) -> int:
@@ -144,6 +149,7 @@ def prepare_data(data_args: DataArguments, seed: int, model_path: str, spec, tem
     key = datacache.data_key(data_args.data, seed=seed, skip_invalid=data_args.skip_invalid,
                              val_set_size=data_args.val_set_size, model_path=model_path, template=template,
                              cutoff_len=data_args.cutoff_len)
+    key = None if data_args.decontaminate else key  # the index does not know the evaluation sets
     cached = datacache.lookup(key)
     if cached:
         train_set, val_set, report, skipped = cached
@@ -157,6 +163,18 @@ def prepare_data(data_args: DataArguments, seed: int, model_path: str, spec, tem
             raise DataError(f"--data {' '.join(data_args.data)}: no records to train on")
         if load_report.skipped:
             logger.warning("skipped %d invalid records (first: %s)", len(load_report.skipped), load_report.skipped[0])
+        decontaminated = None
+        if data_args.decontaminate:
+            from .data.overlap import decontaminate
+
+            words, chars = data_args.decontaminate_ngrams
+            records, overlap = decontaminate(records, data_args.decontaminate, words, chars)
+            decontaminated = len(overlap.records_hit)
+            logger.warning("--decontaminate: dropped %d of %d training records sharing a %d-word or %d-character "
+                           "n-gram with %d of the %d items of %s", decontaminated, overlap.records_scanned, words,
+                           chars, len(overlap.hits), overlap.items, " ".join(data_args.decontaminate))
+            if not records:
+                raise DataError("--decontaminate dropped every training record")
         train_records, val_records = split_records(records, data_args.val_set_size, seed)
         workers = data_args.preprocessing_num_workers
         workers = default_workers(len(records)) if workers is None else workers
@@ -169,6 +187,7 @@ def prepare_data(data_args: DataArguments, seed: int, model_path: str, spec, tem
                                   num_workers=workers)[0] if val_records else None
         skipped = len(load_report.skipped)
         source = "cached" if hit else "tokenized"
+        report.decontaminated = decontaminated  # read by run() into the metrics
     logger.info("training data: %s (%s)", report.summary(data_args.cutoff_len), source)
     if report.dropped:
         logger.warning("%d samples had no response token left after truncation and were dropped (record indices "
@@ -181,8 +200,11 @@ def prepare_data(data_args: DataArguments, seed: int, model_path: str, spec, tem
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArguments,
-        ft_args: FinetuneArguments) -> dict:
-    """Fine-tune and write the output directory; returns the final metrics."""
+        ft_args: FinetuneArguments, callbacks: tuple = ()) -> dict:
+    """Fine-tune and write the output directory; returns the final metrics.
+
+    ``callbacks``: more ``TrainerCallback``s (``study.py --estimate`` times a few steps with one).
+    """
     setup_logging()
     started = time.time()
     validate(model_args, data_args, peft_args, ft_args)
@@ -205,6 +227,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     set_seed(ft_args.seed)  # adapter initialisation depends on the seed, not on what ran before
     model = load_model(model_path, spec, quantization_bit=model_args.quantization_bit, dtype=dtype)
     model.config.use_cache = False  # a cache in train mode would also break packed-sample isolation
+    train_set, budget, ft_args = apply_budget(train_set, model, ft_args)  # --budget_tokens / --budget_flops
     try:
         targets = resolve_method_targets(method, model, spec, peft_args.lora_target_modules)
     except ValueError as e:
@@ -223,6 +246,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
 
     from transformers import Trainer, set_seed
 
+    counter = TokenCounter(batching.collator(tokenizer))  # what actually trained: label and input tokens
+    counter.attach(model)
     set_seed(ft_args.seed)
     trainer = Trainer(
         # No periodic evaluation on a 4-bit CPU model: an eval-mode forward there repacks the
@@ -232,9 +257,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
             model_args.quantization_bit == 4 and not torch.cuda.is_available())),
         train_dataset=train_set, eval_dataset=val_set, processing_class=tokenizer,
         # Packed rows or padding (input_ids with pad, labels with -100); labels are never rewritten.
-        data_collator=batching.collator(tokenizer), compute_loss_func=batching.loss_func(),
+        data_collator=counter, compute_loss_func=batching.loss_func(),
         callbacks=[InterruptCallback(), LossPlotCallback(output_dir), FiniteGuard(output_dir),
-                   *method_callbacks(method, peft_args)])
+                   *method_callbacks(method, peft_args), counter, *callbacks])
     if checkpoint:
         import json
 
@@ -250,7 +275,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
             metrics.update({k: v for k, v in last_eval[-1].items() if k.startswith("eval_")})
         else:
             metrics.update(trainer.evaluate())
+    metrics.update(source_losses(trainer, val_set))  # eval_loss_by_source, for a mixture of sources
     interrupted = _interrupted(trainer)
+    metrics.update(counter.totals(), budget=budget, decontaminated=getattr(report, "decontaminated", None),
+                   trainable_params=count_parameters(trainer.model)[0], train_set=data_totals(train_set))
     metrics.update(train_samples=len(train_set), truncated=report.truncated, dropped=report.dropped,
                    packing=batching.packing, group_by_length=batching.group_by_length,
                    global_step=trainer.state.global_step, interrupted=interrupted,

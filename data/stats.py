@@ -5,6 +5,7 @@
     python data/stats.py demo --tokenizer none --json              # no token counts; JSON output
     python data/stats.py --registry-table                          # the registry as a Markdown table
     python data/stats.py --update-readme                           # refresh that table in data/README.md
+    python data/stats.py --overlap demo_test --data demo           # contamination: shared n-grams
 
 Token lengths use the prompt template (default ``alpaca``) and a tokenizer (default: the
 embedded SmolLM2 model's), over a seeded sample of at most ``--token_sample`` records.
@@ -13,6 +14,10 @@ that get labels), "total" both. Languages are told apart by script: a record is 
 its CJK characters are at least a quarter of its Latin letters (one CJK character carries
 about a word), Latin when Latin letters dominate the rest, "other" otherwise, "none"
 without letters.
+
+``--overlap EVAL --data TRAIN`` checks contamination instead: how many items of each evaluation
+set share a word 13-gram (English) or character 8-gram (Chinese) with the training data
+(``--ngrams WORDS CHARS`` changes the sizes), with examples; see ``alpaca_cot/data/overlap.py``.
 """
 
 from __future__ import annotations
@@ -164,7 +169,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the registry as a Markdown table")
     p.add_argument("--update-readme", "--update_readme", action="store_true",
                    help="rewrite the registry table in data/README.md")
+    p.add_argument("--overlap", nargs="+", metavar="EVAL",
+                   help="evaluation sets (files, folders, registry names) to check against --data for contamination")
+    p.add_argument("--data", nargs="+", metavar="TRAIN", help="with --overlap: the training data")
+    p.add_argument("--ngrams", nargs=2, type=int, default=[13, 8], metavar=("WORDS", "CHARS"),
+                   help="with --overlap: n-gram sizes for English (words) and Chinese (characters)")
     args = p.parse_args(argv)
+    if args.overlap or args.data:
+        if not (args.overlap and args.data):
+            p.error("--overlap EVAL needs --data TRAIN (and the other way round)")
+        return overlap_main(args)
     from alpaca_cot.data.registry import readme_with_table, registry_table
 
     if args.registry_table:
@@ -195,6 +209,41 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=1))
+    return 0
+
+
+def overlap_main(args) -> int:
+    """Print (or --json) the overlap of every --overlap set with the --data records."""
+    from alpaca_cot.data.overlap import check_overlap, item_text, record_text
+
+    try:
+        records, _ = load_data(args.data, seed=args.seed, skip_invalid=args.skip_invalid)
+        results = {}
+        for spec in args.overlap:
+            report, items = check_overlap([spec], records, *args.ngrams)
+            summary = report.summary(examples=3, texts=[item_text(i) for i in items])
+            for example in summary["examples"]:
+                example["training_text"] = record_text(records[example["training_record"]])[:160]
+            results[spec] = summary
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=1))
+        return 0
+    for spec, s in results.items():
+        share = 100 * s["overlapping"] / max(s["items"], 1)
+        print(f"== {spec} against {' '.join(args.data)} ({s['training_records']} training records) ==\n"
+              f"items                      {s['items']}\n"
+              f"sharing an n-gram          {s['overlapping']} ({share:.1f}%; {args.ngrams[0]}-word English, "
+              f"{args.ngrams[1]}-character Chinese)\n"
+              f"exact duplicates           {s['exact_duplicates']}\n"
+              f"too short to check         {s['too_short']}\n"
+              f"training records involved  {s['training_records_overlapping']}")
+        for e in s["examples"]:
+            print(f"  item {e['item']} / record {e['training_record']}: \"{e['ngram']}\"\n"
+                  f"    item:   {e['text'][:100]!r}\n    record: {e['training_text'][:100]!r}")
+        print()
     return 0
 
 
