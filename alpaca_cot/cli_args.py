@@ -312,3 +312,41 @@ class FinetuneArguments:
     budget_flops: Optional[float] = field(default=None, metadata=_help(
         "Train for this many FLOPs (6 x linear-layer weights x input tokens, Kaplan et al. 2020), met the same "
         "way as --budget_tokens."))
+
+STAGES = ("sft", "dpo", "orpo", "simpo", "kto", "rm")
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+@dataclass
+class PreferenceArguments:
+    """The training stage: instruction tuning (sft) or a preference stage after it (alpaca_cot/preference.py)."""
+
+    stage: str = field(default="sft", metadata=_help(
+        "sft: instruction tuning on instruction records (default). dpo, orpo, simpo: preference tuning on "
+        "chosen/rejected pairs; kto: on records labelled desirable/undesirable (or pairs, split in two); rm: a "
+        "reward model (a scalar head) trained on pairs.", choices=STAGES))
+    pref_loss: Optional[str] = field(default=None, metadata=_help(
+        "dpo: the loss, sigmoid (DPO, default), ipo, hinge (SLiC), robust (rDPO, with --pref_label_smoothing).",
+        choices=DPO_LOSSES))
+    pref_beta: Optional[float] = field(default=None, metadata=_help(
+        "dpo/kto: beta, the strength of the pull towards the reference model (0.1); ipo: its tau; orpo: lambda, "
+        "the weight of the odds-ratio term (0.1); simpo: beta, the reward scale (2.0)."))
+    pref_label_smoothing: Optional[float] = field(default=None, metadata=_help(
+        "dpo sigmoid (conservative DPO) and robust, simpo: the assumed share of flipped preference labels, "
+        "in [0, 0.5) (0)."))
+    simpo_gamma: Optional[float] = field(default=None, metadata=_help(
+        "simpo: the target reward margin gamma (0.5)."))
+    kto_desirable_weight: Optional[float] = field(default=None, metadata=_help(
+        "kto: weight of the desirable records' loss (1.0)."))
+    kto_undesirable_weight: Optional[float] = field(default=None, metadata=_help(
+        "kto: weight of the undesirable records' loss (1.0)."))
+    ref_model: Optional[str] = field(default=None, metadata=_help(
+        "dpo/kto: a separate reference model (checkpoint folder, Hub id or embedded name). Default: the policy "
+        "with its adapter disabled (no second copy in memory); from --lora_dir, the fine-tune as it starts."))
+    lora_dir: Optional[str] = field(default=None, metadata=_help(
+        "Start the preference stage from an SFT fine-tune (an output directory of uniform_finetune.py): its base "
+        "model, family and template, and its adapter (see --sft_adapter)."))
+    sft_adapter: str = field(default="train", metadata=_help(
+        "With --lora_dir: train (its adapter trains further; the reference is a frozen copy of it) or merge (it is "
+        "merged into the base first, saved in OUTPUT_DIR/sft_merged, and a new --peft_type adapter trains on "
+        "top; the reference is the merged model).", choices=("train", "merge")))

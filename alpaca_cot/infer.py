@@ -263,6 +263,9 @@ def load_generator(lora_dir: str | None = None, model_name_or_path: str | None =
     from . import peft_methods  # noqa: F401  registers our PEFT methods before any adapter loads
 
     meta = fine_tune_metadata(lora_dir) if lora_dir else {}
+    if meta.get("stage") == "rm" and not base_only:
+        raise ValueError(f"--lora_dir {lora_dir} is a reward model (--stage rm): it scores responses and does not "
+                         "generate; use evaluate.py --task reward --lora_dir with it, or --base_only for its base")
     full_model = bool(lora_dir) and not (Path(lora_dir) / "adapter_config.json").exists() \
         and (Path(lora_dir) / "config.json").exists()
     base = _pick_base(model_name_or_path, meta)

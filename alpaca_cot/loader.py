@@ -147,12 +147,17 @@ def quantization_config(bits: int | None, compute_dtype: torch.dtype):
 
 
 def load_model(path: str, spec: ModelSpec, *, quantization_bit: int | None = None,
-               dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
-    """Load the checkpoint with the family's Auto class; quantized with bitsandbytes when asked."""
+               dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+               auto_class: str | None = None, **model_kwargs):
+    """Load the checkpoint with the family's Auto class; quantized with bitsandbytes when asked.
+
+    ``auto_class`` replaces the family's class (e.g. ``AutoModelForSequenceClassification`` for a
+    reward model, with ``num_labels=1`` among ``model_kwargs``).
+    """
     import transformers
 
-    cls = getattr(transformers, spec.model_class)
-    kwargs = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code}
+    cls = getattr(transformers, auto_class or spec.model_class)
+    kwargs = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code, **model_kwargs}
     quant = quantization_config(quantization_bit, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant

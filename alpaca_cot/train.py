@@ -298,34 +298,54 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     return metrics
 
 
-def wrap_model(model, method, params, targets, model_args, ft_args):
-    """Apply the PEFT method (after k-bit preparation or gradient checkpointing when asked)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def prepare_base(model, model_args, ft_args):
+    """k-bit preparation (which also turns on gradient checkpointing when asked), or gradient checkpointing."""
+    from peft import prepare_model_for_kbit_training
 
     if model_args.quantization_bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ft_args.gradient_checkpointing)
     elif ft_args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    return model
+
+
+def peft_config_for(method, params, targets, model):
+    """The PEFT config of ``method`` for ``model``; a settings error when the parameters do not fit."""
+    try:
+        return method.build(params, targets, model)
+    except (TypeError, ValueError) as e:  # e.g. an unknown key in a --peft_config file
+        raise ConfigError(f"--peft_type {method.name}: invalid parameters {params}: {e}") from e
+
+
+def log_trainable(model) -> None:
+    trainable, total = count_parameters(model)
+    logger.info("trainable params: %s || all params: %s || trainable%%: %.4f",
+                f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+
+def wrap_model(model, method, params, targets, model_args, ft_args):
+    """Apply the PEFT method (after k-bit preparation or gradient checkpointing when asked)."""
+    from peft import get_peft_model
+
+    model = prepare_base(model, model_args, ft_args)
     if method.build is None:  # full / freeze: the model's own weights train, no adapter
         try:
             method.trainable(model, params)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     else:
-        try:
-            config = method.build(params, targets, model)
-        except (TypeError, ValueError) as e:  # e.g. an unknown key in a --peft_config file
-            raise ConfigError(f"--peft_type {method.name}: invalid parameters {params}: {e}") from e
-        model = get_peft_model(model, config)
-    trainable, total = count_parameters(model)
-    logger.info("trainable params: %s || all params: %s || trainable%%: %.4f",
-                f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        model = get_peft_model(model, peft_config_for(method, params, targets, model))
+    log_trainable(model)
     return model
 
 
 def training_arguments(ft_args: FinetuneArguments, output_dir: str, dtype, has_eval: bool,
-                       group_by_length: bool = False):
+                       group_by_length: bool = False, args_class=None, **extra):
+    """``args_class`` (default ``TrainingArguments``; a TRL config for the preference stages) from our flags.
+
+    ``extra`` sets or overrides single arguments (e.g. a TRL config's own fields).
+    """
     import torch
     from transformers import TrainingArguments
 
@@ -342,7 +362,7 @@ def training_arguments(ft_args: FinetuneArguments, output_dir: str, dtype, has_e
     fsdp = True if (ft_args.fsdp or "").strip().lower() in ("true", "1", "yes") else ft_args.fsdp or None
     if fsdp and not on_gpu:
         logger.warning("--fsdp: accelerate shards models on GPUs only; on the CPU this runs as plain DDP")
-    return TrainingArguments(
+    kwargs = dict(
         output_dir=output_dir, per_device_train_batch_size=ft_args.per_gpu_train_batch_size,
         per_device_eval_batch_size=ft_args.per_gpu_train_batch_size,
         gradient_accumulation_steps=ft_args.gradient_accumulation_steps, num_train_epochs=ft_args.epochs,
@@ -358,6 +378,8 @@ def training_arguments(ft_args: FinetuneArguments, output_dir: str, dtype, has_e
         deepspeed=ft_args.deepspeed, fsdp=fsdp, fsdp_config=ft_args.fsdp_config,
         ddp_find_unused_parameters=False,  # PEFT freezes most weights; the search costs a pass per step
         remove_unused_columns=False, use_cpu=not on_gpu, dataloader_num_workers=0, **eval_kwargs)
+    kwargs.update(extra)
+    return (args_class or TrainingArguments)(**kwargs)
 
 
 # ---------------------------------------------------------------- Ctrl-C, loss plot, final save

@@ -181,6 +181,10 @@ READERS = {("multiple_choice", "mmcu"): _mmcu, ("multiple_choice", "ceval"): _ce
 
 def load_items(task: str, specs: list[str], fmt: str = "auto") -> list[dict]:
     """Items of ``task`` from files, folders or registry names, in order."""
+    if task == "reward":  # preference pairs, validated as such (evaluation/reward.py scores them)
+        from ..data.preference import load_preference_data
+
+        return load_preference_data(specs)[0]
     if task not in TASK_FORMATS:
         raise ValueError(f"unknown --task {task!r}; known: {', '.join(TASK_FORMATS)}")
     if fmt not in FORMATS:

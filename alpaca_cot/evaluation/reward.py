@@ -108,13 +108,13 @@ def score_pairs(records: list[dict], model, tokenizer, template, *, reward_model
 
 def run_reward(args, model_args=None, generator=None) -> dict:
     """``evaluate.py --task reward``: writes ``results.jsonl`` and ``summary.json`` like every task."""
-    from ..data.preference import load_preference_data
+    from .readers import load_items
     from ..metadata import METADATA_FILE
     from .runner import _write, summarize
 
     started = time.time()
     out = Path(args.output_dir or "eval_out/reward")
-    records, _ = load_preference_data(args.data)
+    records = load_items("reward", args.data)
     if args.max_samples:
         records = records[:args.max_samples]
     meta_file = Path(args.lora_dir) / METADATA_FILE if args.lora_dir else None

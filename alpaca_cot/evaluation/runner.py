@@ -24,7 +24,7 @@ from .cache import JsonlCache, cached_generate, model_fingerprint
 from .readers import FORMATS, TASK_FORMATS, check_items, data_name, load_items
 
 logger = logging.getLogger("alpaca_cot")
-TASKS = tuple(TASK_FORMATS)
+TASKS = tuple(TASK_FORMATS) + ("reward",)  # reward: preference pairs (evaluation/reward.py)
 HEADLINE = {"multiple_choice": "accuracy", "cot_math": "accuracy"}  # judged: "judge" or "rouge_l"
 
 
@@ -35,8 +35,9 @@ def _help(text: str, **extra) -> dict:
 @dataclass
 class EvaluateArguments:
     task: str = field(default="cot_math", metadata=_help(
-        "multiple_choice (option log-likelihood), cot_math (final-number exact match), or judged "
-        "(a judge model's 0-1 grade; ROUGE-L without a judge).", choices=TASKS))
+        "multiple_choice (option log-likelihood), cot_math (final-number exact match), judged "
+        "(a judge model's 0-1 grade; ROUGE-L without a judge), or reward (pairwise accuracy on preference pairs: "
+        "a reward model's scores, else the responses' log-probabilities).", choices=TASKS))
     data: list[str] = field(default_factory=lambda: ["demo_test"], metadata=_help(
         "Benchmark files or folders (C-Eval/CMMLU: a folder of per-subject CSVs), or registry names "
         "(NAME:N allowed) for unified records."))
@@ -145,6 +146,10 @@ def run_evaluation(args: EvaluateArguments, gen: GenerationArguments, model_args
     ``model_args`` (a ``ModelArguments``) when not given.
     """
     validate(args, gen)
+    if args.task == "reward":  # pairwise accuracy on preference pairs, no generation
+        from .reward import run_reward
+
+        return run_reward(args, model_args, generator)
     started = time.time()
     out = Path(args.output_dir or f"eval_out/{args.task}")
     items = load_items(args.task, args.data, args.format)
