@@ -1,4 +1,4 @@
-"""Score a model on a benchmark: multiple choice, chain-of-thought math, or judged generation.
+r"""Score a model on a benchmark: multiple choice, chain-of-thought math, or judged generation.
 
     python evaluate.py --task cot_math --data demo_test --lora_dir out --output_dir eval/demo
     python evaluate.py --task cot_math --data gsm8k_test.jsonl --lora_dir out --max_samples 200
@@ -35,6 +35,8 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {e}")
     print(format_table(summary))
     print(json.dumps({k: summary[k] for k in ("task", "n", "score", "metric")}, ensure_ascii=False))
+    out = summary["output_dir"]
+    print(f"wrote {out}/results.jsonl (one line per item) and {out}/summary.json", file=sys.stderr)
     return summary
 
 

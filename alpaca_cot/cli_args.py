@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .embedded import DEFAULT_MODEL
-from .suggest import did_you_mean
+from .suggest import close_names, did_you_mean
 
 
 def _help(text: str, **extra) -> dict:
@@ -23,6 +23,7 @@ def _help(text: str, **extra) -> dict:
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model"  # a section of --help
     model_type: Optional[str] = field(default=None, metadata=_help(
         "Model family from the registry (llama, bloom, chatglm, chatglm2, moss, baichuan, internlm, qwen2, "
         "gemma3, auto). Detected from the checkpoint's config when omitted."))
@@ -67,8 +68,13 @@ GENERATION_PRESETS: dict[str, dict] = {
 
 
 def _preset_help(text: str, name: str) -> dict:
-    values = "; ".join(f"{preset}: {GENERATION_PRESETS[preset][name]}" for preset in GENERATION_PRESETS)
-    return {"help": f"{text} (default: from --generation_preset, {values})"}
+    """``text`` plus the flag's default under each preset (shown once when the presets agree)."""
+    def shown(value):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    ours, *others = [(preset, shown(values[name])) for preset, values in GENERATION_PRESETS.items()]
+    extra = "".join(f"; --generation_preset {preset}: {value}" for preset, value in others if value != ours[1])
+    return {"help": f"{text} (default: {ours[1]}{extra})"}
 
 
 @dataclass
@@ -201,8 +207,9 @@ def parse(dataclass_types, argv: list[str] | None = None, description: str | Non
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [f for f in parser._option_string_actions if f.startswith("--") and "-" not in f[2:]]
-        notes = [f"{u.split('=')[0]}{did_you_mean(u.split('=')[0], flags)}" for u in unknown if u.startswith("-")]
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; {', '.join(notes)}" if notes else ""))
+        hints = [f"{flag}: did you mean {' or '.join(close_names(flag, flags))}?"
+                 for flag in (u.split("=")[0] for u in unknown if u.startswith("--")) if close_names(flag, flags)]
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
     outputs = []
     for dtype in parser.dataclass_types:
         keys = {f.name for f in dtype.__dataclass_fields__.values() if f.init}
@@ -215,6 +222,7 @@ def parse(dataclass_types, argv: list[str] | None = None, description: str | Non
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data"  # a section of --help
     data: list[str] = field(default_factory=lambda: ["demo"], metadata=_help(
         "One or more registry names or file paths (JSON list or JSONL of unified records), concatenated. "
         "NAME:N takes N records, NAME:0.3 a fraction (seeded)."))
@@ -241,6 +249,7 @@ class DataArguments:
 
 @dataclass
 class PeftArguments:
+    _argument_group_name = "tuning method"  # a section of --help
     peft_type: str = field(default="lora", metadata=_help(
         "Tuning method: lora, adalora, dora, loha, lokr, ia3, prefix, p_tuning, prompt, sadapter_h, sadapter_p, "
         "padapter, full, freeze (presets in peft/<name>.yaml; QLoRA: lora with --quantization_bit 4)."))
@@ -279,6 +288,7 @@ class PeftArguments:
 
 @dataclass
 class FinetuneArguments:
+    _argument_group_name = "training"  # a section of --help
     output_dir: Optional[str] = field(default=None, metadata=_help(
         "Where the adapter, tokenizer, metadata, checkpoints and loss plot go "
         "(default: saved_models/<model>_<data>_<lr>_<peft_type>)."))
@@ -287,7 +297,10 @@ class FinetuneArguments:
     epochs: float = field(default=3, metadata=_help("Training epochs (ignored when --max_steps > 0)."))
     max_steps: int = field(default=-1, metadata=_help("Stop after this many optimizer steps (-1: use --epochs)."))
     learning_rate: float = field(default=3e-4, metadata=_help("Peak learning rate."))
-    warmup_ratio: float = field(default=0.0, metadata=_help("Share of steps for linear warm-up."))
+    warmup_ratio: float = field(default=0.0, metadata=_help(
+        "Share of the steps (< 1) for a linear warm-up from 0 to --learning_rate; transformers' warm-up starts "
+        "at 0, so with a warm-up the first step's logged learning_rate is 0. 0: the first step runs at "
+        "--learning_rate."))
     lr_scheduler_type: str = field(default="linear", metadata=_help("Learning-rate schedule (HF names)."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     logging_steps: int = field(default=10, metadata=_help("Log the loss every N optimizer steps."))
@@ -301,7 +314,8 @@ class FinetuneArguments:
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute activations in the backward pass: less memory, slower."))
     deepspeed: Optional[str] = field(default=None, metadata=_help(
-        "DeepSpeed config file, e.g. configs/ds_zero2.json or configs/ds_zero3.json (launch with deepspeed/torchrun)."))
+        "DeepSpeed config file, e.g. configs/ds_zero2.json or configs/ds_zero3.json; needs pip install "
+        "deepspeed. Launch with torchrun (the deepspeed launcher's --local_rank flag is refused)."))
     fsdp: Optional[str] = field(default=None, metadata=_help(
         "Fully sharded data parallel: true (settings from --fsdp_config, e.g. configs/fsdp.json) or a Trainer "
         "strategy string such as 'full_shard auto_wrap' (launch with torchrun)."))

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from .embedded import DEFAULT_MODEL, resolve_embedded
+from .suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ register_model(ModelSpec("auto", source="transformers Auto classes"))
 
 def get_spec(model_type: str) -> ModelSpec:
     if model_type not in MODEL_REGISTRY:
-        raise ValueError(f"unknown --model_type {model_type!r}; known: {', '.join(MODEL_REGISTRY)}")
+        raise ValueError(f"unknown --model_type {model_type!r}{did_you_mean(model_type, MODEL_REGISTRY)}; "
+                         f"known: {', '.join(MODEL_REGISTRY)}")
     return MODEL_REGISTRY[model_type]
 
 

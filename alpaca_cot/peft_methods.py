@@ -15,6 +15,7 @@ from typing import Callable
 
 from . import bottleneck
 from .models import ModelSpec, resolve_target_modules
+from .suggest import did_you_mean
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "peft"
 
@@ -77,7 +78,8 @@ def register_method(method: PeftMethod) -> None:
 
 def get_method(name: str) -> PeftMethod:
     if name not in PEFT_METHODS:
-        raise ValueError(f"unknown --peft_type {name!r}; known: {', '.join(PEFT_METHODS)}")
+        raise ValueError(f"unknown --peft_type {name!r}{did_you_mean(name, PEFT_METHODS)}; "
+                         f"known: {', '.join(PEFT_METHODS)}")
     return PEFT_METHODS[name]
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .suggest import did_you_mean
+
 ALPACA_SYSTEM = ("Below is an instruction that describes a task. "
                  "Write a response that appropriately completes the request.\n\n")
 ALPACA_SYSTEM_INPUT = ("Below is an instruction that describes a task, paired with an input that "
@@ -150,7 +152,8 @@ def register_template(template: PromptTemplate | ChatTemplate) -> None:
 
 def get_template(name: str) -> PromptTemplate | ChatTemplate:
     if name not in TEMPLATES:
-        raise ValueError(f"unknown template {name!r}; known templates: {', '.join(sorted(TEMPLATES))}")
+        raise ValueError(f"unknown template {name!r}{did_you_mean(name, TEMPLATES)}; "
+                         f"known templates: {', '.join(sorted(TEMPLATES))}")
     return TEMPLATES[name]
 
 

@@ -10,7 +10,7 @@ from alpaca_cot.cli_args import DataArguments, FinetuneArguments, ModelArguments
 GROUPS = (ModelArguments, DataArguments, PeftArguments, FinetuneArguments)
 
 
-@pytest.mark.parametrize("argv", [["--bogus", "1"], ["--learning_rat", "1e-4"], ["--lora_r"]])
+@pytest.mark.parametrize("argv", [["--bogus", "1"], ["--learning_rat", "1e-4"], ["--lora_r"], ["--lora_rank", "8"]])
 def test_unknown_misspelt_or_incomplete_flags_exit_with_an_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
         uniform_finetune.main(argv)
@@ -91,3 +91,94 @@ def test_generate_needs_a_request(monkeypatch):
     with pytest.raises(SystemExit) as info:
         generate.main([])
     assert "give --instruction" in str(info.value.code)
+
+
+@pytest.mark.parametrize("argv,hint", [(["--lora_rank", "8"], "--lora_rank: did you mean --lora_r"),
+                                       (["--learnig_rate", "1"], "did you mean --learning_rate"),
+                                       (["--per_device_train_batch_size", "2"], "--per_gpu_train_batch_size")])
+def test_a_near_miss_flag_gets_a_suggestion(argv, hint, capsys):
+    with pytest.raises(SystemExit):
+        uniform_finetune.main(argv)
+    assert hint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model_type", "lama"], "did you mean 'llama'?"),
+    (["--template", "alpca"], "did you mean 'alpaca'?"),
+    (["--peft_type", "lorra"], "did you mean 'lora'?"),
+    (["--data", "demo_tset"], "did you mean 'demo_test'"),
+])
+def test_a_near_miss_name_gets_a_suggestion(argv, message, no_model, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        uniform_finetune.main(argv + ["--output_dir", str(tmp_path / "out")])
+    assert message in str(info.value.code)
+
+
+def test_generation_presets_share_one_default_and_keep_the_original_one_flag_away(capsys):
+    from alpaca_cot.cli_args import GENERATION_PRESETS, GenerationArguments
+    from alpaca_cot.evaluation.runner import EvalGenerationArguments
+
+    (gen,) = parse((GenerationArguments,), [])
+    assert gen.repetition_penalty <= 1.1 and gen.no_repeat_ngram_size == 0 and gen.do_sample
+    assert gen.generate_kwargs() == {"max_new_tokens": 256, "do_sample": True, "num_beams": 1, "repetition_penalty": 1.0,
+                                     "temperature": 0.7, "top_p": 0.9, "top_k": 50}
+    (original,) = parse((GenerationArguments,), ["--generation_preset", "original", "--top_k", "10"])
+    assert original.repetition_penalty == 1.8 and original.no_repeat_ngram_size == 6 and original.top_k == 10
+    assert {k: getattr(original, k) for k in GENERATION_PRESETS["original"] if k != "top_k"} == \
+        {k: v for k, v in GENERATION_PRESETS["original"].items() if k != "top_k"}
+    (evaluation,) = parse((EvalGenerationArguments,), [])
+    assert evaluation.greedy and evaluation.repetition_penalty == 1.0
+    with pytest.raises(SystemExit):
+        parse((GenerationArguments,), ["--generation_preset", "orignal"])
+    assert "did you mean 'original'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["generate", "server", "web"])
+def test_the_chat_scripts_share_the_generation_defaults(script, monkeypatch):
+    import importlib
+
+    captured = {}
+    module = importlib.import_module(script)
+    monkeypatch.setattr(ModelArguments, "load_generator", lambda self, *a, **k: (_ for _ in ()).throw(
+        FileNotFoundError("stop here")))
+    original_parse = module.parse
+
+    def spy(types, argv=None, description=None):
+        out = original_parse(types, argv, description)
+        captured["gen"] = out[-1]
+        return out
+
+    monkeypatch.setattr(module, "parse", spy)
+    with pytest.raises(SystemExit):
+        module.main(["--instruction", "x"] if script == "generate" else [])
+    from alpaca_cot.cli_args import GenerationArguments
+
+    assert captured["gen"] == GenerationArguments()
+
+
+def test_help_reads_well_one_default_per_flag_and_examples_on_their_own_lines(capsys):
+    with pytest.raises(SystemExit):
+        uniform_finetune.main(["--help"])
+    text = capsys.readouterr().out
+    assert "\n    python uniform_finetune.py --data demo --output_dir out\n" in text
+    assert "(default: None)" not in text and text.count("(default:") >= 20
+    for block in text.split("\n  --")[1:]:
+        assert block.count("default:") <= 1, block
+    deepspeed = text[text.index("\n  --deepspeed"):text.index("\n  --fsdp ")]
+    assert "torchrun" in deepspeed and "deepspeed launcher" in deepspeed
+
+
+@pytest.mark.parametrize("warmup_ratio,factors", [(0.0, [1, 0.75, 0.5, 0.25]), (0.5, [0, 0.5, 1, 0.5])])
+def test_the_logged_learning_rate_follows_the_flags(warmup_ratio, factors, tiny_llama_dir, tmp_path):
+    """Linear schedule over 4 steps: no warm-up starts at the peak; a warm-up of 2 steps starts at 0."""
+    import json
+
+    (tmp_path / "data.json").write_text(json.dumps([{"instruction": f"q{i}", "input": "", "output": "a"}
+                                                    for i in range(16)]))
+    train.run(ModelArguments(model_type="llama", model_name_or_path=tiny_llama_dir),
+              DataArguments(data=[str(tmp_path / "data.json")], cutoff_len=128), PeftArguments(),
+              FinetuneArguments(output_dir=str(tmp_path / "out"), max_steps=4, logging_steps=1, save_steps=4,
+                                learning_rate=1e-3, warmup_ratio=warmup_ratio))
+    state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    logged = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    assert logged == pytest.approx([1e-3 * f for f in factors])

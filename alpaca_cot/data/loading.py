@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..suggest import did_you_mean
 from .schema import DataError, normalize, record_problem
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,8 @@ def resolve_files(name: str) -> list[Path]:
     registry = load_registry()
     if name not in registry:
         known = ", ".join(sorted(registry)) or "(registry is empty)"
-        raise DataError(f"--data {name}: not a file and not a registered dataset. Known datasets: {known}")
+        raise DataError(f"--data {name}: not a file and not a registered dataset{did_you_mean(name, registry)}. "
+                        f"Known datasets: {known}")
     entry = registry[name]
     if "mixture" in entry:
         return [f for part in entry["mixture"] for f in resolve_files(part)]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..data.loading import load_data, read_json_records
 from ..data.schema import DataError
+from ..suggest import did_you_mean
 from .answers import extract_number
 
 CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -186,9 +187,9 @@ def load_items(task: str, specs: list[str], fmt: str = "auto") -> list[dict]:
 
         return load_preference_data(specs)[0]
     if task not in TASK_FORMATS:
-        raise ValueError(f"unknown --task {task!r}; known: {', '.join(TASK_FORMATS)}")
+        raise ValueError(f"unknown --task {task!r}{did_you_mean(task, TASK_FORMATS)}; known: {', '.join(TASK_FORMATS)}")
     if fmt not in FORMATS:
-        raise ValueError(f"unknown --format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown --format {fmt!r}{did_you_mean(fmt, FORMATS)}; known: {', '.join(FORMATS)}")
     items: list[dict] = []
     for spec in specs:
         for source, kind, records in raw_records(spec):

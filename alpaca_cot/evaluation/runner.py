@@ -74,11 +74,9 @@ class EvaluateArguments:
 
 @dataclass
 class EvalGenerationArguments(GenerationArguments):
-    """generate.py's flags with evaluation defaults: greedy, no repetition penalties (they hurt arithmetic)."""
+    """generate.py's flags (defaults from ``--generation_preset``: no repetition penalty, no n-gram ban,
+    which would hurt the repeated numbers of arithmetic), but greedy by default."""
 
-    max_new_tokens: int = field(default=256, metadata=_help("Maximum number of tokens to generate."))
-    no_repeat_ngram_size: int = field(default=0, metadata=_help("Never repeat an n-gram of this size (0: off)."))
-    repetition_penalty: float = field(default=1.0, metadata=_help("Penalty for repeated tokens (1.0: off)."))
     greedy: bool = field(default=True, metadata=_help(
         "Greedy decoding (reproducible; the evaluation default). --greedy false samples with --temperature etc."))
 
@@ -204,7 +202,7 @@ def run_evaluation(args: EvaluateArguments, gen: GenerationArguments, model_args
     summary = {**summarize(args.task, rows), "metric": extra.pop("metric", HEADLINE.get(args.task)), **extra,
                "data": data_name(args.data), "model": generator.name, "lora_dir": args.lora_dir,
                "base_only": args.base_only, "max_samples": args.max_samples, "unscorable_items": len(problems),
-               "seconds": round(time.time() - started, 1),
+               "seconds": round(time.time() - started, 1), "output_dir": str(out),
                "args": {k: v for k, v in asdict(args).items() if k != "judge_api_key"}}
     _write(out / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     _write(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
