@@ -55,7 +55,57 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("text,expected", CASES)
+# Number formats, each in a reply with its expected value (the formats of answers.py's docstring).
+FORMATS = [
+    # signs: before and after a currency symbol, unicode and full-width minus, never a glued hyphen
+    ("so the answer is -$40.", "-40"),
+    ("The answer is $-40.", "-40"),
+    ("He is left with −$12.50.", "-12.5"),
+    ("The temperature fell to −8 °C.", "-8"),
+    ("答案是－5。", "-5"),
+    ("The answer is +7.", "7"),
+    ("10-3=7", "7"),
+    ("Week 2-3: 4 apples", "4"),
+    # currency symbols and units
+    ("The answer is €30.", "30"),
+    ("The answer is £1,000,000.", "1000000"),
+    ("答案是￥45。", "45"),
+    ("The answer is 3.5 kg.", "3.5"),
+    ("The answer is 60 km/h.", "60"),
+    ("The answer is 25 %.", "25"),
+    ("So 12.5% of them.", "12.5"),
+    # thousands separators in several conventions
+    ("The answer is 1,234.5", "1234.5"),
+    ("The answer is 1.234,5", "1234.5"),
+    ("The answer is 1.234.567", "1234567"),
+    ("The answer is 1.234", "1.234"),
+    ("The answer is 1 234", "1234"),
+    ("La réponse : the answer is 1\u202f234,5 €", "1234.5"),
+    ("The answer is 12\u00a0345", "12345"),
+    ("The answer is 1'234.5", "1234.5"),
+    ("The answer is 1’234", "1234"),
+    ("Each costs €1,50.", "1.5"),
+    ("She sorted them: 3,4,5", "5"),
+    # Chinese multipliers
+    ("答案是1.5万。", "15000"),
+    ("答案是3万元", "30000"),
+    ("答案是2亿", "200000000"),
+    ("答案是两万三千", "23000"),
+    ("The answer is 2.5 million.", "2500000"),
+    # fractions and decimals
+    ("The answer is 3/4.", "0.75"),
+    ("The answer is -3/4.", "-0.75"),
+    ("The answer is 1 1/2 cups.", "1.5"),
+    ("The answer is 1½ cups.", "1.5"),
+    ("The answer is ¾.", "0.75"),
+    ("The answer is \\boxed{\\frac{1}{3}}.", "0.333333"),
+    ("The answer is .5", "0.5"),
+    ("The answer is 0.50.", "0.5"),
+    ("The answer is ３．５。", "3.5"),
+]
+
+
+@pytest.mark.parametrize("text,expected", CASES + FORMATS)
 def test_extract_number(text, expected):
     assert extract_number(text) == expected
 
@@ -66,7 +116,9 @@ def test_the_table_is_large_and_bilingual():
 
 
 @pytest.mark.parametrize("text,expected", [("1,234", "1234"), ("8.0", "8"), ("-3.50", "-3.5"), ("3/4", "0.75"),
-                                           ("１２", "12"), ("abc", None), ("1/0", None)])
+                                           ("１２", "12"), ("abc", None), ("1/0", None), ("-$40", "-40"),
+                                           ("1.234,5", "1234.5"), ("1 234", "1234"), ("1,5", "1.5"),
+                                           ("3,4,5", None), ("1.5万", "15000"), ("-1 1/2", "-1.5")])
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
 
@@ -77,3 +129,4 @@ def test_exact_match_compares_final_numbers():
     assert exact_match("The answer is 1,000.", "1000")
     assert not exact_match("The answer is 6.", "The answer is 5.")
     assert not exact_match("no idea", "no number either")
+    assert exact_match("so the answer is -$40.", "#### -40") and not exact_match("The answer is $40.", "#### -40")
