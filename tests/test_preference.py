@@ -24,7 +24,7 @@ from alpaca_cot.data.schema import DataError
 from alpaca_cot.pairs import encode_pairs, encode_unpaired
 from alpaca_cot.preference import finetune
 from alpaca_cot.templates import get_template
-from alpaca_cot.tokenize import IGNORE_INDEX, TruncationReport, encode_prompts, encode_records
+from alpaca_cot.tokenize import IGNORE_INDEX, TruncationReport, encode_prompts, encode_records, special_prefix
 from alpaca_cot.train import ConfigError
 
 PAIR = {"system": "Be exact.", "instruction": "And 6 times 7?", "input": "",
@@ -60,7 +60,7 @@ def test_bad_preference_records_are_refused_with_file_record_and_problem(tmp_pat
     kto = write(tmp_path / "kto.json", [{"instruction": "x", "input": "", "output": "y", "label": "yes"}])
     with pytest.raises(DataError, match=r"record 0: 'label' must be true or false, got a string"):
         load_preference_data([kto], unpaired=True)
-    with pytest.raises(DataError, match="labelled records"):  # labelled records are refused outside KTO
+    with pytest.raises(DataError, match="a labelled record .* where preference pairs"):  # KTO-only records
         load_preference_data([write(tmp_path / "kto2.json", [{"instruction": "x", "output": "y", "label": True}])])
 
 
@@ -101,8 +101,10 @@ def test_truncation_keeps_the_prompt_end_and_both_eos_and_reports(tokenizer):
     (row,) = encode_pairs([long], tokenizer, template, cutoff_len=64, report=report)
     assert report.truncated == 1 and report.dropped == 0
     assert len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"])) <= 64
-    tail = len(row["prompt_ids"])
-    assert row["prompt_ids"] == full["prompt_ids"][-tail:]  # the end of the prompt ("### Response:") stays
+    front = len(special_prefix(tokenizer))  # e.g. BOS stays in front
+    assert row["prompt_ids"][:front] == full["prompt_ids"][:front]
+    tail = len(row["prompt_ids"]) - front
+    assert row["prompt_ids"][front:] == full["prompt_ids"][-tail:]  # the end of the prompt ("### Response:") stays
     assert row["chosen_ids"] == full["chosen_ids"] and row["rejected_ids"] == full["rejected_ids"]
     # responses longer than the room left end in EOS; a pair that truncation makes identical is dropped
     wordy = {**long, "chosen": "word " * 80 + "42", "rejected": "word " * 80 + "43"}
@@ -175,6 +177,22 @@ def test_dpo_reference_is_the_disabled_adapter_and_evaluate_reward_runs(tiny_lla
                              "--output_dir", str(tmp_path / "eval")])
     assert summary["n"] == 4 and summary["scored_by"] == "summed response log-probability"
     assert len((tmp_path / "eval" / "results.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dpo_trains_on_a_quantized_base(tiny_model_factory, tmp_path, bits):
+    """bitsandbytes on the CPU; hidden 64 because its 4-bit kernel needs in_features divisible by 64."""
+    from alpaca_cot.infer import load_generator
+
+    out = tmp_path / "q"
+    metrics = finetune(ModelArguments(model_type="llama", model_name_or_path=tiny_model_factory("llama", hidden=64),
+                                      quantization_bit=bits),
+                       DataArguments(data=["demo_pref:4"], cutoff_len=96), PeftArguments(),
+                       FinetuneArguments(output_dir=str(out), max_steps=1, per_gpu_train_batch_size=2,
+                                         save_steps=1000, learning_rate=1e-3), PreferenceArguments(stage="dpo"))
+    assert metrics["global_step"] == 1 and math.isfinite(metrics["train_loss"])
+    assert json.loads((out / "alpaca_cot.json").read_text())["quantization_bit"] == bits
+    assert load_generator(str(out)).generate([PAIR], {"max_new_tokens": 2, "do_sample": False})
 
 
 @pytest.mark.parametrize("mode", ["train", "merge"])

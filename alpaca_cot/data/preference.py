@@ -47,8 +47,9 @@ def _load_file(path: Path, accept: tuple[str, ...], skip_invalid: bool, report: 
         if kind not in accept:
             wanted = " or ".join({KIND_PAIRS: "preference pairs ('chosen' and 'rejected')",
                                   KIND_UNPAIRED: "labelled records ('output' and 'label')"}[k] for k in accept)
-            problem = (f"an instruction record ('output' without 'label') where {wanted} are needed"
-                       if kind == KIND_INSTRUCTION else f"{kind} record where {wanted} are needed")
+            found = {KIND_INSTRUCTION: "an instruction record ('output' without 'label')",
+                     KIND_UNPAIRED: "a labelled record ('output' and 'label', for --stage kto)"}[kind]
+            problem = f"{found} where {wanted} are needed"
             entries = ", ".join(preference_entries()) or "none registered"
             raise DataError(f"{path}: {where}: {problem}; preference data in the registry: {entries}")
         problem = preference_problem(value, kind)
