@@ -99,6 +99,8 @@ def test_chatglm_refuses_layouts_it_cannot_convert():
         legacy = {k: v for k, v in {**config, **change}.items() if v is not None}
         with pytest.raises(LegacyConversionError, match=words):
             chatglm6b.convert_config(legacy)
+    with pytest.raises(ValueError, match="multiple of 4"):  # each head is cut in two rotary halves
+        chatglm6b.convert_config({**config, "hidden_size": 40, "num_attention_heads": 4})
 
 
 # --- the reference packs ---------------------------------------------------------------------------------

@@ -85,6 +85,10 @@ class ChatGLM6BConfig(PreTrainedConfig):
     use_cache: bool = True
     tie_word_embeddings: bool = True
 
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_architecture()
+
     def validate_architecture(self):
         if self.hidden_size % (4 * self.num_attention_heads):
             raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of 4 * num_attention_heads "
