@@ -221,6 +221,14 @@ def test_lora_steps_reduce_the_loss(converted, name):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.1, losses
+    model.eval()  # the adapter generates, and merges into the plain module with the same logits
+    prompt = batch["input_ids"][:1, :int(batch["attention_mask"][0].sum())]
+    tuned = model.generate(input_ids=prompt, max_new_tokens=4, do_sample=False, eos_token_id=None)
+    with torch.no_grad():
+        adapted = model(input_ids=tuned).logits
+        merged = model.merge_and_unload()
+        assert type(merged).__name__ == NATIVE[name]
+        assert (merged(input_ids=tuned).logits - adapted).abs().max().item() < 1e-4
 
 
 @pytest.mark.parametrize("name", PACKS)
