@@ -263,7 +263,10 @@ def test_instruction_data_is_refused_by_a_preference_stage(tiny_llama_dir, tmp_p
 
 @pytest.mark.slow
 def test_dpo_raises_implicit_reward_accuracy_and_a_reward_model_ranks_held_out_pairs(default_model_dir, tmp_path):
-    """Loose, honest bounds: 12 steps on 48 demo pairs, scored on 32 held-out pairs (demo_pref_test)."""
+    """Loose, honest bounds: 12 steps on 48 demo pairs, scored on 32 held-out pairs (demo_pref_test).
+
+    Measured with this seed on 2 cores: implicit reward accuracy 0.69 (DPO), reward model 0.59; about 150 s.
+    """
     from alpaca_cot.data.preference import load_preference_data as load
     from alpaca_cot.evaluation.reward import load_reward_model, score_pairs
     from alpaca_cot.infer import load_generator
