@@ -51,6 +51,22 @@ def tiny_llama_dir(tiny_model_factory) -> str:
     return tiny_model_factory("llama")
 
 
+@pytest.fixture(scope="session")
+def legacy_tokenizers(tmp_path_factory) -> dict:
+    """``{family: (folder, fast tokenizer)}``: small vocabularies in each legacy family's layout
+    (``tests/legacy_vocabs.py``) and the tokenizers ``alpaca_cot.legacy.tokenizers`` builds from them."""
+    from legacy_vocabs import make_family_folder
+
+    from alpaca_cot.legacy.tokenizers import build
+
+    root = tmp_path_factory.mktemp("legacy-vocabs")
+    out = {}
+    for family in ("chatglm", "chatglm2", "chatglm3", "baichuan", "internlm", "moss"):
+        folder = make_family_folder(family, root)
+        out[family] = (folder, build(family, folder, {}))
+    return out
+
+
 @pytest.fixture()
 def isolated_cache(tmp_path, monkeypatch):
     """A private tokenization cache, so a test sees cold and warm runs of its own."""
