@@ -6,14 +6,19 @@ request at inference time the last response is ``None``. ``alpaca_cot.tokenize``
 same turns into token ids on both paths, so training and inference prompts are identical.
 
 The EOS token is never part of the text: the tokenizer layer appends its id after every
-response. Text a family writes after a response besides EOS (MOSS's ``<eom>``) is
-``response_suffix``; text between a finished response and the next prompt is ``sep``.
+response. Text a format writes after a response besides EOS is ``response_suffix``; text
+between a finished response and the next prompt is ``sep``.
+
+The chat formats of the original's model families (chatglm, chatglm2, chatglm3, baichuan,
+internlm, moss) put role ids between separately encoded pieces of text, which plain text cannot
+express: they are token-level templates (``family_templates.py``, rendered as spans).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .family_templates import FAMILY_TEMPLATES, FamilyTemplate
 from .suggest import did_you_mean
 
 ALPACA_SYSTEM = ("Below is an instruction that describes a task. "
@@ -141,16 +146,16 @@ class ChatTemplate:
         return text.strip()
 
 
-TEMPLATES: dict[str, PromptTemplate | ChatTemplate] = {}
+TEMPLATES: dict[str, PromptTemplate | ChatTemplate | FamilyTemplate] = {}
 
 
-def register_template(template: PromptTemplate | ChatTemplate) -> None:
+def register_template(template: PromptTemplate | ChatTemplate | FamilyTemplate) -> None:
     if template.name in TEMPLATES:
         raise ValueError(f"template {template.name!r} is already registered")
     TEMPLATES[template.name] = template
 
 
-def get_template(name: str) -> PromptTemplate | ChatTemplate:
+def get_template(name: str) -> PromptTemplate | ChatTemplate | FamilyTemplate:
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}{did_you_mean(name, TEMPLATES)}; "
                          f"known templates: {', '.join(sorted(TEMPLATES))}")
@@ -170,23 +175,7 @@ register_template(PromptTemplate(
     prompt_with_input="### 指令：\n{instruction}\n\n### 输入：\n{input}\n\n### 回答：\n",
     sep="\n\n", stop_strings=("### 指令：",)))
 register_template(ChatTemplate(name="chat"))
-# ChatGLM-6B: "[Round n]\n问：...\n答：..." with rounds counted from 0.
-register_template(PromptTemplate(
-    name="chatglm", prompt="[Round {round}]\n问：{query}\n答：", sep="\n", stop_strings=("[Round",)))
-# ChatGLM2-6B: rounds counted from 1 and blank lines around the markers.
-register_template(PromptTemplate(
-    name="chatglm2", prompt="[Round {round}]\n\n问：{query}\n\n答：", sep="\n\n", round_start=1,
-    stop_strings=("[Round",)))
-register_template(PromptTemplate(
-    name="moss",
-    system=("You are an AI assistant whose name is MOSS. MOSS is a conversational language model that "
-            "is developed by Fudan University. It can speak fluently in the language chosen by the user "
-            "such as English and 中文. Its responses must be helpful, harmless and honest.\n"),
-    prompt="<|Human|>: {query}<eoh>\n<|MOSS|>:", response_suffix="<eom>", sep="\n",
-    stop_strings=("<|Human|>",)))
-register_template(PromptTemplate(
-    name="internlm", prompt="<|User|>:{query}<eoh>\n<|Bot|>:", response_suffix="<eoa>", sep="\n",
-    stop_strings=("<|User|>",)))
-# Baichuan chat models mark turns with reserved tokens 195 (user) and 196 (assistant).
-register_template(PromptTemplate(
-    name="baichuan", prompt="<reserved_106>{query}<reserved_107>", stop_strings=("<reserved_106>",)))
+# The original's model families, token by token as their own chat code builds the prompt
+# (chatglm, chatglm2, chatglm3, baichuan, internlm, moss): see family_templates.py.
+for _family_template in FAMILY_TEMPLATES:
+    register_template(_family_template)

@@ -55,21 +55,15 @@ def _tokenize_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def encode_records(records: list[dict], tokenizer, template, cutoff_len: int,
-                   report: TruncationReport | None = None) -> list[dict]:
-    """Encode training records to ``{"input_ids", "labels"}``; drops samples with no label left.
-
-    Truncation keeps the first ``cutoff_len`` tokens. When the cut falls inside a response,
-    its last kept token is replaced by EOS, so every labelled response still ends in EOS.
-    """
-    report = report if report is not None else TruncationReport()
+def _turn_rows(records, tokenizer, template) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of text templates: prefix, then per turn the prompt (masked), the response and EOS."""
     eos = tokenizer.eos_token_id
     prefix = special_prefix(tokenizer)
     all_turns = _turns_batch(records, template, tokenizer, with_response=True)
     texts = [t for turns in all_turns for pair in turns for t in pair]
     ids = iter(_tokenize_texts(tokenizer, texts))
-    out = []
-    for index, turns in enumerate(all_turns):
+    rows = []
+    for turns in all_turns:
         input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
         for _ in turns:
             prompt_ids, response_ids = next(ids), next(ids)
@@ -77,6 +71,131 @@ def encode_records(records: list[dict], tokenizer, template, cutoff_len: int,
             labels += [IGNORE_INDEX] * len(prompt_ids)
             input_ids += response_ids + [eos]
             labels += response_ids + [eos]
+        rows.append((input_ids, labels))
+    return rows
+
+
+# ---------------------------------------------------------------- token-level templates
+
+
+_DERIVED: dict[tuple[int, str], tuple] = {}  # (id(tokenizer), what) -> (weak reference to it, value)
+
+
+def _derived(tokenizer, what: str, build):
+    """``build(tokenizer)``, computed once per tokenizer object (inference encodes one request at a time)."""
+    import weakref
+
+    hit = _DERIVED.get((id(tokenizer), what))
+    if hit is None or hit[0]() is not tokenizer:
+        for key in [k for k, (ref, _) in _DERIVED.items() if ref() is None]:
+            del _DERIVED[key]
+        hit = (weakref.ref(tokenizer), build(tokenizer))
+        _DERIVED[(id(tokenizer), what)] = hit
+    return hit[1]
+
+
+def _drop_dummy_prefix(node) -> bool:
+    """Remove SentencePiece's dummy-prefix steps from a ``tokenizer.json`` normalizer/pre-tokenizer tree."""
+    changed = False
+    if isinstance(node, dict):
+        if node.get("type") == "Metaspace" and node.get("prepend_scheme") != "never":
+            node["prepend_scheme"], changed = "never", True
+        for key in ("normalizers", "pretokenizers"):
+            if isinstance(node.get(key), list):
+                kept = [n for n in node[key] if not (n.get("type") == "Prepend" and n.get("prepend") == "\u2581")]
+                changed |= len(kept) != len(node[key])
+                node[key] = kept
+                changed |= any([_drop_dummy_prefix(n) for n in kept])
+    return changed
+
+
+def _no_prefix_backend(tokenizer):
+    """The tokenizer's backend without SentencePiece's dummy-prefix steps (itself where it has none)."""
+    from tokenizers import Tokenizer
+
+    backend = tokenizer.backend_tokenizer
+    spec = json.loads(backend.to_str())
+    top = spec.get("normalizer") or {}
+    changed = _drop_dummy_prefix({"normalizers": [top]} if top.get("type") != "Sequence" else top)
+    if top.get("type") == "Prepend" and top.get("prepend") == "\u2581":
+        spec["normalizer"] = None
+    changed |= _drop_dummy_prefix({"pretokenizers": [spec["pre_tokenizer"]]} if spec.get("pre_tokenizer") else {})
+    if not changed:
+        return backend
+    plain = Tokenizer.from_str(json.dumps(spec))
+    plain.encode_special_tokens = backend.encode_special_tokens
+    return plain
+
+
+def _continued_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids of texts that continue a text before them: as the same tokenizer but without SentencePiece's
+    dummy prefix ("▁" before a text), which a family's code never puts mid-conversation because it
+    encodes the conversation as one string. Tokenizers without a dummy prefix encode them as usual."""
+    if not texts:
+        return []
+    if getattr(tokenizer, "backend_tokenizer", None) is None:  # a slow tokenizer: no dummy-prefix step to drop
+        return _tokenize_texts(tokenizer, texts)
+    backend = _derived(tokenizer, "no_prefix", _no_prefix_backend)
+    return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def _raw_ids(tokenizer) -> dict[int, int]:
+    """{special id: the plain piece id it stands for} where the tokenizer gives a piece spelled like a
+    special token that token's id and keeps the piece's own id under an alias (ChatGLM2/3's, built by
+    ``legacy/spm.py``)."""
+    from .legacy.spm import ALIAS
+
+    vocab = tokenizer.get_vocab()
+    return {vocab[name[len(ALIAS):]]: i for name, i in vocab.items()
+            if name.startswith(ALIAS) and name[len(ALIAS):] in vocab}
+
+
+def encode_spans(tokenizer, samples: list) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of each sample, a list of ``family_templates.Span``: texts encoded in three
+    batched calls (plain, with the tokenizer's special ids, continued), ids kept, labels -100 except
+    on ``train`` spans (their ids) and on spans with a ``label``."""
+    plain, special, continued = [], [], []
+    for spans in samples:
+        for span in spans:
+            if span.text is not None:
+                (continued if span.continued else special if span.special else plain).append(span.text)
+    encoded = {"plain": iter(_tokenize_texts(tokenizer, plain)), "continued": iter(_continued_ids(tokenizer, continued)),
+               "special": iter(tokenizer(special, add_special_tokens=True)["input_ids"] if special else [])}
+    raw = _derived(tokenizer, "raw", _raw_ids) if any(span.raw for spans in samples for span in spans) else {}
+    rows = []
+    for spans in samples:
+        input_ids, labels = [], []
+        for span in spans:
+            if span.text is None:
+                ids = list(span.ids)
+            else:
+                ids = list(next(encoded["continued" if span.continued else "special" if span.special else "plain"]))
+                if span.raw and raw:
+                    ids = [raw.get(i, i) for i in ids]
+            input_ids += ids
+            if span.label is not None:
+                labels += [span.label] * len(ids)
+            else:
+                labels += ids if span.train else [IGNORE_INDEX] * len(ids)
+        rows.append((input_ids, labels))
+    return rows
+
+
+def encode_records(records: list[dict], tokenizer, template, cutoff_len: int,
+                   report: TruncationReport | None = None) -> list[dict]:
+    """Encode training records to ``{"input_ids", "labels"}``; drops samples with no label left.
+
+    Text templates give per turn a prompt, a response and EOS; token-level templates
+    (``alpaca_cot.family_templates``) give their spans. Truncation keeps the first ``cutoff_len``
+    tokens. When the cut falls inside a response, its last kept token is replaced by EOS, so
+    every labelled response still ends in EOS.
+    """
+    report = report if report is not None else TruncationReport()
+    eos = tokenizer.eos_token_id
+    rows = encode_spans(tokenizer, [template.spans(r, tokenizer=tokenizer) for r in records]) \
+        if hasattr(template, "spans") else _turn_rows(records, tokenizer, template)
+    out = []
+    for index, (input_ids, labels) in enumerate(rows):
         report.total += 1
         if len(input_ids) > cutoff_len:
             report.truncated += 1
@@ -136,6 +255,9 @@ def encode_records_parallel(records: list[dict], tokenizer, template, cutoff_len
 
 def encode_prompts(records: list[dict], tokenizer, template) -> list[list[int]]:
     """Encode inference requests: history turns with their responses, then the last prompt."""
+    if hasattr(template, "spans"):
+        spans = [template.spans(r, tokenizer=tokenizer, with_response=False) for r in records]
+        return [ids for ids, _ in encode_spans(tokenizer, spans)]
     eos = tokenizer.eos_token_id
     prefix = special_prefix(tokenizer)
     all_turns = _turns_batch(records, template, tokenizer, with_response=False)

@@ -33,9 +33,11 @@ def test_alpaca_zh_multi_turn():
 
 
 def test_chatglm_rounds_and_inference_request():
+    # ChatGLM-6B: earlier rounds are context of the last one (its model sees them bidirectionally).
     turns = get_template("chatglm").turns(MULTI, with_response=False)
-    assert turns == [("[Round 0]\n问：Say one.\n答：", "One."), ("\n[Round 1]\n问：Now two.\n答：", "Two."),
-                     ("\n[Round 2]\n问：And a third?\n答：", None)]
+    assert turns == [("[Round 0]\n问：Say one.\n答：One.\n[Round 1]\n问：Now two.\n答：Two.\n"
+                      "[Round 2]\n问：And a third?\n答：", None)]
+    assert get_template("chatglm").turns(SINGLE) == [("Add 2 and 3.", "5")]  # no history: the bare query
     assert get_template("chatglm2").turns(SINGLE)[0][0] == "[Round 1]\n\n问：Add 2 and 3.\n\n答："
 
 
@@ -44,11 +46,11 @@ def test_input_joins_instruction_where_no_input_slot():
         ("<|User|>:Sort the numbers.\n3, 1, 2<eoh>\n<|Bot|>:", "1, 2, 3<eoa>")]
 
 
-def test_moss_suffix_and_system():
+def test_moss_meta_instruction_and_end_of_turn():
     (prompt, response), = get_template("moss").turns(SINGLE)
-    assert prompt.startswith("You are an AI assistant whose name is MOSS.")
-    assert prompt.endswith("<|Human|>: Add 2 and 3.<eoh>\n<|MOSS|>:")
-    assert response == "5<eom>"
+    assert prompt.startswith("You are an AI assistant whose name is MOSS.\n- MOSS is a conversational")
+    assert prompt.endswith("Capabilities and tools that MOSS can possess.\n<|Human|>: Add 2 and 3.<eoh>\n<|MOSS|>:")
+    assert response == " 5"  # the space after "<|MOSS|>:" belongs to the reply; <eom> is its eos id
     assert get_template("moss").clean_response(" 5<eom>\n<|Human|>: more") == "5"
 
 
@@ -84,3 +86,63 @@ def test_every_family_template_is_registered():
     from alpaca_cot.models import MODEL_REGISTRY
 
     assert {spec.template for spec in MODEL_REGISTRY.values()} <= set(TEMPLATES)
+
+
+# ---------------------------------------------------------------- the legacy families' chat formats
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PACKS = Path(__file__).parent / "fixtures" / "legacy_models"
+CASE_C = {"instruction": "讲个笑话", "input": "", "output": None, "history": [["你好", "你好！有什么可以帮你？"]]}
+# Real ids with a meaning in the packs' case c, by name (their tokenizer configs and chat code).
+CASE_C_NAMES = {
+    "chatglm": {130001: "[gMASK]", 130004: "<sop>"},
+    "chatglm2": {64790: "[gMASK]", 64792: "sop"},
+    "chatglm3": {64790: "[gMASK]", 64792: "sop", 64795: "<|user|>", 64796: "<|assistant|>"},
+    "baichuan": {195: 195, 196: 196},
+    "internlm": {1: "<s>", 103027: "<eoh>", 103028: "<eoa>"},
+    "moss": {106067: "<eoh>", 106068: "<eom>"},
+}
+
+
+def skeleton(ids, names):
+    """The ids with every named id kept (as its name) and every run of other ids folded into "T"."""
+    out = []
+    for i in ids:
+        name = names.get(i, "T")
+        if not (name == "T" and out and out[-1] == "T"):
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("family", ["chatglm", "chatglm2", "chatglm3", "baichuan", "internlm", "moss"])
+def test_family_prompt_is_its_chat_code_prompt(family, legacy_tokenizers):
+    """Case c of the reference packs: the same special ids in the same places as the real code built,
+    and, with our small vocabulary, the ids the family's chat code builds (re-stated in legacy_vocabs)."""
+    from legacy_vocabs import reference_chat_ids
+
+    from alpaca_cot.tokenize import encode_prompts
+
+    folder, tok = legacy_tokenizers[family]
+    (ours,) = encode_prompts([CASE_C], tok, get_template(family))
+    assert ours == reference_chat_ids(family, folder, [("你好", "你好！有什么可以帮你？")], "讲个笑话")
+    real = json.loads((PACKS / family / "reference.json").read_text())["cases"]["c"]["real_ids"]
+    names = CASE_C_NAMES[family]
+    our_names = {(name if isinstance(name, int) else tok.convert_tokens_to_ids(name)): name for name in names.values()}
+    assert skeleton(ours, our_names) == skeleton(real, names)
+    if family == "chatglm":  # "\n" is one id (<n>), as the real ids' 4, five times
+        assert ours.count(tok.convert_tokens_to_ids("<n>")) == real.count(4) == 5
+    if family == "chatglm3":  # each piece encoded alone: every role id is followed by the "\n" piece, "▁" first
+        piece = tok("\n", add_special_tokens=False)["input_ids"]
+        roles = [i for i, t in enumerate(ours) if t in our_names and our_names[t] in ("<|user|>",)]
+        assert all(ours[i + 1:i + 1 + len(piece)] == piece for i in roles) and real[3:5] == [30910, 13]
+    if family == "chatglm2":  # one text: the reply and later rounds carry no dummy prefix ("▁") of their own
+        assert tok("\n\n", add_special_tokens=False)["input_ids"][0] == tok.convert_tokens_to_ids("▁")
+
+
+def test_family_templates_need_their_tokenizer(tokenizer):
+    from alpaca_cot.tokenize import encode_prompts
+
+    with pytest.raises(ValueError, match="needs the family's own tokenizer"):
+        encode_prompts([SINGLE], tokenizer, get_template("chatglm3"))

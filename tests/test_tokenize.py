@@ -47,10 +47,12 @@ def test_alpaca_labels_exact(tokenizer, record, segments):
 
 
 @pytest.mark.parametrize("record,segments", [
-    (SINGLE, [("[Round 0]\n问：Add 2 and 3.\n答：", "5")]),
-    (WITH_INPUT, [("[Round 0]\n问：Sort the numbers.\n3, 1, 2\n答：", "1, 2, 3")]),
-    (MULTI, [("[Round 0]\n问：Say one.\n答：", "One."), ("\n[Round 1]\n问：Now two.\n答：", "Two."),
-             ("\n[Round 2]\n问：And a third?\n答：", "Three.")]),
+    # ChatGLM-6B: a request without history is the bare query (its chat()); earlier rounds are
+    # context (masked), only the last reply is learned.
+    (SINGLE, [("Add 2 and 3.", "5")]),
+    (WITH_INPUT, [("Sort the numbers.\n3, 1, 2", "1, 2, 3")]),
+    (MULTI, [("[Round 0]\n问：Say one.\n答：One.\n[Round 1]\n问：Now two.\n答：Two.\n[Round 2]\n问：And a third?\n答：",
+              "Three.")]),
 ])
 def test_chatglm_labels_exact(tokenizer, record, segments):
     (encoded,) = encode_records([record], tokenizer, get_template("chatglm"), cutoff_len=1024)
@@ -146,3 +148,74 @@ def test_tokenization_is_cached(tokenizer, tmp_path):
     _, _, hit3 = tokenize_cached(records, tokenizer, tpl, 256, cache_dir=tmp_path)
     _, _, hit4 = tokenize_cached(records, tokenizer, get_template("alpaca_zh"), 512, cache_dir=tmp_path)
     assert not hit3 and not hit4
+
+
+# ---------------------------------------------------------------- the legacy families' token-level formats
+
+FAMILY_RECORD = {"instruction": "讲个笑话", "input": "", "output": "好的。", "history": [["你好", "你好！有什么可以帮你？"]]}
+
+
+def _family_expected_labels(family, tok):
+    """The labelled ids of FAMILY_RECORD: each reply the family's chat format trains, with its end."""
+    from alpaca_cot.tokenize import _continued_ids
+
+    def enc(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def cont(text):
+        return _continued_ids(tok, [text])[0]
+
+    hist, reply, eos = "你好！有什么可以帮你？", "好的。", tok.eos_token_id
+    return {
+        "chatglm": enc(reply) + [eos],  # the earlier reply is context before <sop>
+        "chatglm2": cont(hist) + cont(reply) + [eos],
+        "chatglm3": enc("\n") + enc(hist) + [tok.convert_tokens_to_ids("<|user|>")] + enc("\n") + enc(reply) + [eos],
+        "baichuan": tok(hist)["input_ids"] + [eos] + tok(reply)["input_ids"] + [eos],
+        "internlm": cont(hist + "<eoa>") + cont(reply + "<eoa>"),
+        "moss": enc(" " + hist) + [eos] + enc(" " + reply) + [eos],
+    }[family]
+
+
+@pytest.mark.parametrize("family", ["chatglm", "chatglm2", "chatglm3", "baichuan", "internlm", "moss"])
+def test_family_training_and_inference_prompts_are_identical(family, legacy_tokenizers):
+    _, tok = legacy_tokenizers[family]
+    tpl = get_template(family)
+    (row,) = encode_records([FAMILY_RECORD], tok, tpl, cutoff_len=4096)
+    (prompt,) = encode_prompts([FAMILY_RECORD | {"output": None}], tok, tpl)
+    n = len(prompt)
+    assert row["input_ids"][:n] == prompt
+    assert all(label != M for label in row["labels"][n:]) and row["labels"][n - 1] == M
+    assert [label for label in row["labels"] if label != M] == _family_expected_labels(family, tok)
+    end = tok.convert_tokens_to_ids("<eoa>") if family == "internlm" else tok.eos_token_id
+    assert row["input_ids"][-1] == end
+    if family == "baichuan":  # no eos in the input after the history reply: the user id carries its label
+        k = row["input_ids"].index(195, 1)
+        assert row["labels"][k] == tok.eos_token_id and tok.eos_token_id not in row["input_ids"][:-1]
+
+
+def test_family_truncation_keeps_an_end_and_counts(legacy_tokenizers):
+    _, tok = legacy_tokenizers["chatglm3"]
+    record = {"instruction": "讲个笑话", "input": "", "output": "好的。" * 40}
+    (prompt,) = encode_prompts([record | {"output": None}], tok, get_template("chatglm3"))
+    report = TruncationReport()
+    (row,) = encode_records([record], tok, get_template("chatglm3"), cutoff_len=len(prompt) + 5, report=report)
+    assert len(row["input_ids"]) == len(prompt) + 5 and row["labels"][-1] == row["input_ids"][-1] == tok.eos_token_id
+    assert report.truncated == 1
+
+
+def test_family_stop_strings_cover_their_end_tokens(legacy_tokenizers):
+    from alpaca_cot.stop_strings import StopOnStrings
+
+    _, tok = legacy_tokenizers["chatglm3"]
+    user = tok.convert_tokens_to_ids("<|user|>")
+    stop = StopOnStrings(tok, get_template("chatglm3").stop_strings)
+    import torch
+
+    ids = tok("好的", add_special_tokens=False)["input_ids"]
+    assert stop(torch.tensor([ids + [user]]), None).tolist() == [True]
+    assert stop(torch.tensor([ids]), None).tolist() == [False]
+    assert get_template("chatglm3").clean_response(tok.decode(ids + [user], skip_special_tokens=True)) == "好的"
+    _, tok = legacy_tokenizers["internlm"]
+    eoa = tok.convert_tokens_to_ids("<eoa>")
+    text = tok.decode(tok("好的", add_special_tokens=False)["input_ids"] + [eoa], skip_special_tokens=True)
+    assert get_template("internlm").clean_response(text) == "好的"
