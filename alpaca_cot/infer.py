@@ -17,11 +17,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from .batching import RefillServer, Request, generate_refill, supports_refill
+from .batching import RefillServer, Request, check_own_loop, generate_refill, needs_own_loop, supports_refill
 from .loader import load_model, load_tokenizer, resolve_dtype, resolve_spec
 from .metadata import METADATA_FILE, read_metadata
 from .models import ModelSpec
-from .peft_methods import padding_shifts_positions
 from .templates import get_template
 from .tokenize import encode_prompts
 
@@ -86,11 +85,15 @@ class Generator:
 
     @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], gen_kwargs: dict) -> list[list[int]]:
-        """Generate for one batch of prompt ids; returns the new tokens of each, cut at EOS."""
-        if len(prompts) > 1 and padding_shifts_positions(self.model):
-            # PEFT ignores position ids for p_tuning/prompt: in a left-padded batch a shorter prompt would
-            # sit further from its virtual tokens than in training. One prompt at a time keeps it exact.
-            return [ids for prompt in prompts for ids in self.generate_ids([prompt], gen_kwargs)]
+        """Generate for one batch of prompt ids; returns the new tokens of each, cut at EOS.
+
+        Prompt-learning adapters go through ``alpaca_cot/batching.py``'s loop (PEFT's ``generate``
+        mishandles their virtual tokens); raises ValueError for settings that loop lacks.
+        """
+        if needs_own_loop(self.model):
+            check_own_loop(self.model, gen_kwargs)
+            return generate_refill(self.model, prompts, gen_kwargs, len(prompts), self.tokenizer.pad_token_id,
+                                   self.tokenizer.eos_token_id, self._stop_kwargs().get("stopping_criteria"))
         input_ids, mask = self._batch_tensors(prompts)
         out = self.model.generate(input_ids=input_ids, attention_mask=mask, pad_token_id=self.tokenizer.pad_token_id,
                                   eos_token_id=self.tokenizer.eos_token_id, **self._stop_kwargs(), **gen_kwargs)
@@ -109,7 +112,9 @@ class Generator:
         (``alpaca_cot/batching.py``); otherwise prompts go in fixed batches through ``generate``.
         ``on_result(i, ids)`` is called as each prompt is finished.
         """
-        if batch_size > 1 and len(prompts) > 1 and supports_refill(self.model, gen_kwargs):
+        check_own_loop(self.model, gen_kwargs)
+        if (needs_own_loop(self.model) or batch_size > 1 and len(prompts) > 1) and supports_refill(self.model,
+                                                                                                 gen_kwargs):
             return generate_refill(self.model, prompts, gen_kwargs, batch_size, self.tokenizer.pad_token_id,
                                    self.tokenizer.eos_token_id, self._stop_kwargs().get("stopping_criteria"),
                                    on_result)
@@ -162,10 +167,18 @@ class Generator:
         ``prompt_tokens``, ``completion_tokens`` and ``finish_reason`` ("stop" or "length").
         With ``server`` (which must support ``gen_kwargs``: ``supports_refill``) the record joins
         that server's running batch, sampling from a generator seeded with ``seed``; otherwise it
-        is generated alone here, from torch's global random state.
+        is generated alone here, from torch's global random state (prompt-learning adapters: through a
+        one-row server of ``alpaca_cot/batching.py``, as PEFT's ``generate`` mishandles them).
         """
         from transformers import StoppingCriteria, TextIteratorStreamer
 
+        if server is None and needs_own_loop(self.model):
+            check_own_loop(self.model, gen_kwargs)
+            if getattr(self, "_solo_server", None) is None:
+                self._solo_server = RefillServer(self.model, 1, self.tokenizer.pad_token_id,
+                                                 self.tokenizer.eos_token_id,
+                                                 self._stop_kwargs().get("stopping_criteria"))
+            server = self._solo_server
         left = threading.Event()  # the consumer stopped iterating
         errors: list[BaseException] = []
         new_tokens: list[int] = []

@@ -144,19 +144,6 @@ def method_callbacks(method: PeftMethod, peft_args) -> list:
     return list(method.callbacks(peft_args)) if method.callbacks else []
 
 
-def padding_shifts_positions(model) -> bool:
-    """Whether left padding moves the prompt away from the virtual tokens at inference.
-
-    PEFT puts p_tuning/prompt virtual tokens before the (left-padded) input and ignores
-    ``position_ids``, so a padded row's prompt gets later positions than in training; prefix
-    tuning offsets positions correctly and LoRA-like methods see ordinary inputs.
-    """
-    from peft.utils import PeftType
-
-    config = getattr(model, "active_peft_config", None)
-    return bool(config is not None and config.is_prompt_learning and config.peft_type != PeftType.PREFIX_TUNING)
-
-
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameters; PEFT's count for PEFT models (4-bit weights counted unpacked)."""
     if hasattr(model, "get_nb_trainable_parameters"):

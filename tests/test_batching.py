@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 
-from alpaca_cot.batching import Request, generate_refill, supports_refill
+from alpaca_cot.batching import Request, generate_refill, refill_blocker, supports_refill
+from tiny_models import NATIVE_FAMILIES
 
 GREEDY = {"max_new_tokens": 16, "do_sample": False, "num_beams": 1}
 
@@ -83,9 +84,29 @@ def test_models_and_settings_it_cannot_run_go_through_generate(model, tiny_model
     assert not supports_refill(model, {**GREEDY, "length_penalty": 0.5})  # a setting it does not implement
     gemma = AutoModelForCausalLM.from_pretrained(tiny_model_factory("gemma3"))
     assert not supports_refill(gemma, GREEDY)  # sliding-window layers
+    # prompt tuning runs here (its virtual tokens become cache columns), other prompt-learning types do not
     prompt_tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", hidden=64)),
                                   PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    assert not supports_refill(prompt_tuned, GREEDY)
+    assert supports_refill(prompt_tuned, GREEDY)
+    assert "beam search" in refill_blocker(prompt_tuned, {**GREEDY, "num_beams": 2})
+
+
+@pytest.mark.parametrize("family", NATIVE_FAMILIES)
+def test_every_family_answers_the_same_alone_and_in_a_padded_batch(family, tiny_model_factory):
+    """The Generator's path for each native registry family (refill where it runs: llama, bloom,
+    qwen2; fixed batches through ``generate`` for gemma3's sliding window): greedy answers of a
+    left-padded batch of 3 equal each prompt alone. The older families (chatglm, baichuan, ...)
+    load through their own converted modules; tests/test_legacy_*.py check their padded batches."""
+    from alpaca_cot.infer import load_generator
+
+    generator = load_generator(model_name_or_path=tiny_model_factory(family), template="alpaca")
+    records = [{"instruction": "Hi", "input": ""}, {"instruction": "Name three colours of the sea.", "input": ""},
+               {"instruction": "Repeat the word stone, then cloud.", "input": "slowly, twice"}]
+    prompts = generator.prompt_ids(records)
+    assert len({len(p) for p in prompts}) == 3
+    kwargs = {"max_new_tokens": 6, "do_sample": False}
+    alone = [generator.generate_many([p], kwargs, batch_size=1)[0] for p in prompts]
+    assert generator.generate_many(prompts, kwargs, batch_size=3) == alone
 
 
 def submit_all(server, prompts, kwargs_for, extra=None):
