@@ -4,10 +4,12 @@
     python web.py --lora_dir out --port 8080 --greedy  # the flags set the sliders' starting values
     python web.py --model_name_or_path merged --host 0.0.0.0   # reachable from other machines
 
-The page shows the model's name, a Clear button (forget the conversation) and a Stop button.
-It binds to loopback unless --host says otherwise, and needs no internet access.
+The page shows the model's name, a Clear button (forget the conversation) and a Stop button;
+a stopped or empty reply is not sent back to the model (it stays on the page, marked). It binds
+to loopback unless --host says otherwise, and needs no internet access.
 """
 
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -37,6 +39,12 @@ def main(argv=None):
     import torch
 
     from alpaca_cot.webui import build_demo, theme
+
+    # Our own log lines (one per reply: earlier turns sent and left out) on stderr; not the libraries'.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger("alpaca_cot").addHandler(handler)
+    logging.getLogger("alpaca_cot").setLevel(logging.INFO)
 
     torch.manual_seed(gen.seed)
     demo = build_demo(generator, gen)

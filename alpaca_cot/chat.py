@@ -3,6 +3,11 @@
 The conversation is kept as unified-record ``history`` pairs ``[[user, assistant], ...]``, so
 every turn is rendered by the model's own template exactly as multi-turn training data is.
 When a conversation outgrows the model's context, the oldest turns are dropped.
+
+One rule for every chat surface (this terminal chat, the web page ``webui.py``, the HTTP API
+``api.py``), applied by :func:`model_history`: a turn goes back to the model only when its
+reply finished and is not empty. A reply stopped by the user (Ctrl-C, the page's Stop button)
+or an empty one is left out together with the message it answered, and the surface says so.
 """
 
 from __future__ import annotations
@@ -23,6 +28,28 @@ HELP_WORDS = {"help", "/help"}
 def context_length(generator) -> int | None:
     config = getattr(generator.model, "config", None)
     return getattr(config, "max_position_embeddings", None)
+
+
+def model_history(turns) -> tuple[list[list[str]], int]:
+    """The history a chat surface sends to the model, and how many turns it left out.
+
+    Args:
+        turns: the conversation so far, oldest first; each turn is ``(user, reply)`` or
+            ``(user, reply, finished)`` where ``finished`` is False for a reply that was stopped
+            before its end (a pair counts as finished).
+
+    Returns:
+        ``(pairs, left_out)``: ``[[user, reply], ...]`` of the finished turns with a non-empty
+        reply (whitespace only counts as empty), and the number of other turns.
+    """
+    pairs, left_out = [], 0
+    for turn in turns:
+        user, reply, finished = (*turn, True)[:3]
+        if finished and (reply or "").strip():
+            pairs.append([user, reply])
+        else:
+            left_out += 1
+    return pairs, left_out
 
 
 def make_record(message: str, history: list[list[str]], system: str | None = None) -> dict:
@@ -52,6 +79,7 @@ class ChatSession:
         self.gen_kwargs = gen_kwargs
         self.system = system
         self.history: list[list[str]] = []
+        self.last_kept = True  # whether the last reply went into the history
 
     def clear(self) -> None:
         self.history = []
@@ -62,13 +90,16 @@ class ChatSession:
         return make_record(message, self.history, self.system)
 
     def stream(self, message: str, stop: threading.Event | None = None) -> Iterator[str]:
-        """Reply piece by piece; a reply cut short (``stop`` set, ``close()``) is not remembered."""
+        """Reply piece by piece. The turn is remembered as :func:`model_history` says: not when the
+        reply was cut short (``stop`` set, ``close()``) or came out empty."""
         pieces: list[str] = []
         for piece in self.generator.stream(self.record(message), self.gen_kwargs, stop=stop):
             pieces.append(piece)
             yield piece
-        if stop is None or not stop.is_set():
-            self.history.append([message, "".join(pieces)])
+        finished = stop is None or not stop.is_set()
+        kept = model_history([(message, "".join(pieces), finished)])[0]
+        self.history += kept
+        self.last_kept = bool(kept)
 
 
 def run_terminal(session: ChatSession, read: Callable[[str], str] = input, out: TextIO = sys.stdout) -> None:
@@ -97,7 +128,9 @@ def run_terminal(session: ChatSession, read: Callable[[str], str] = input, out: 
             print("Assistant: ", end="", file=out, flush=True)
             for piece in session.stream(message, stop):
                 print(piece, end="", file=out, flush=True)
-        print("\n(reply stopped; not kept in the conversation)" if stop.is_set() else "", file=out, flush=True)
+        note = ("\n(reply stopped; not kept in the conversation)" if stop.is_set() else
+                "(empty reply; not kept in the conversation)" if not session.last_kept else "")
+        print(note, file=out, flush=True)
 
 
 @contextlib.contextmanager

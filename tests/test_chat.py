@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_cot.chat import ChatSession, fit_history, run_terminal
+from alpaca_cot.chat import ChatSession, fit_history, model_history, run_terminal
 from alpaca_cot.infer import load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +29,13 @@ def tiny_generator(tiny_llama_dir):
 def test_second_turn_sees_the_first_and_clear_forgets(tiny_generator, monkeypatch):
     seen = []
     real = tiny_generator.stream
-    monkeypatch.setattr(tiny_generator, "stream",
-                        lambda record, kw, stop=None: seen.append(record) or real(record, kw, stop=stop))
+
+    def stream(record, kw, stop=None):  # the tiny random model's reply, made non-empty (empty ones are not kept)
+        seen.append(record)
+        yield from real(record, kw, stop=stop)
+        yield f" (reply {len(seen)})"
+
+    monkeypatch.setattr(tiny_generator, "stream", stream)
     lines = iter(["first message", "second message", "clear", "third message", "help", "exit", "never read"])
     out = io.StringIO()
     session = ChatSession(tiny_generator, GREEDY)
@@ -51,6 +56,23 @@ def test_a_stopped_reply_ends_generation_and_is_not_remembered(tiny_generator):
     session = ChatSession(tiny_generator, {**GREEDY, "max_new_tokens": 50})
     list(session.stream("hello", stop))
     assert session.history == []
+
+
+def test_one_history_rule_stopped_or_empty_replies_leave_their_turn_out():
+    turns = [("a", "A"), ("stopped", "half a rep", False), ("b", "B", True), ("empty", ""), ("blank", " \n"),
+             ("c", "C")]
+    assert model_history(turns) == ([["a", "A"], ["b", "B"], ["c", "C"]], 3)
+    assert model_history([]) == ([], 0)
+
+
+def test_an_empty_reply_is_not_remembered_and_the_terminal_says_so(tiny_generator, monkeypatch):
+    replies = iter([[], ["fine"]])
+    monkeypatch.setattr(tiny_generator, "stream", lambda record, kw, stop=None: iter(next(replies)))
+    lines, out = iter(["first", "second", "exit"]), io.StringIO()
+    session = ChatSession(tiny_generator, GREEDY)
+    run_terminal(session, read=lambda prompt: next(lines), out=out)
+    assert "(empty reply; not kept in the conversation)" in out.getvalue()
+    assert session.history == [["second", "fine"]]
 
 
 def test_old_turns_are_dropped_to_fit_the_context(tiny_generator, monkeypatch):

@@ -26,8 +26,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def web(default_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def web_server(default_model_dir, tmp_path_factory):
+    """web.py on the embedded model: ``(url, log file)``, shared by the tests of this module."""
+    tmp_path = tmp_path_factory.mktemp("web")
     port, log = free_port(), open(tmp_path / "web.log", "w+")
     proc = subprocess.Popen([sys.executable, str(ROOT / "web.py"), "--model_name_or_path", default_model_dir,
                              "--port", str(port), "--greedy", "--max_new_tokens", "16"],
@@ -41,11 +43,16 @@ def web(default_model_dir, tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
-        yield url
+        yield url, tmp_path / "web.log"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture()
+def web(web_server):
+    return web_server[0]
 
 
 @pytest.fixture()
@@ -116,3 +123,41 @@ def test_chat_page_answers_in_the_browser(web, browser, tmp_path):
 
     browser.find_element(By.ID, "clear").click()
     wait.until(lambda d: not bot_messages(d))
+
+
+def test_a_stopped_reply_is_not_sent_back_to_the_model(web_server, browser):
+    """Stop pressed while a reply is on its way (here before any text: a long prompt takes seconds to
+    read): the turn stays on the page, marked, and the next message is sent without it (web.py logs
+    what each reply was given)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from alpaca_cot.webui import STOPPED_NOTE
+
+    url, log = web_server
+    wait, fast = WebDriverWait(browser, 180), WebDriverWait(browser, 180, poll_frequency=0.05)
+    browser.get(url)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#message textarea"))
+
+    def texts(driver, who):
+        return [m.text.strip() for m in driver.find_elements(By.CSS_SELECTOR, f"#chatbot [data-testid='{who}']")]
+
+    # A long message (set in one step rather than typed): its prompt takes the model seconds to
+    # read, so Stop lands before any reply text.
+    box = browser.find_element(By.CSS_SELECTOR, "#message textarea")
+    browser.execute_script("arguments[0].value = arguments[1];"
+                           "arguments[0].dispatchEvent(new Event('input', {bubbles: true}));",
+                           box, "Describe the sea in detail. " * 400)
+    browser.find_element(By.ID, "send").click()
+    fast.until(lambda d: texts(d, "user"))  # the turn is on the page (and in the page's state)
+    browser.find_element(By.ID, "stop").click()
+    wait.until(lambda d: any(STOPPED_NOTE in t for t in texts(d, "bot")))
+    box = browser.find_element(By.CSS_SELECTOR, "#message textarea")
+    box.send_keys("Name three colours.")
+    box.send_keys(Keys.ENTER)
+    wait.until(lambda d: len(texts(d, "user")) == 2 and
+               not d.find_elements(By.CSS_SELECTOR, "#chatbot .generating, #chatbot .pending"))
+    wait.until(lambda d: "reply 2:" in log.read_text())
+    line = next(line for line in log.read_text().splitlines() if "reply 2:" in line)
+    assert "0 earlier turns sent to the model, 1 left out" in line, line
