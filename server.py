@@ -5,8 +5,13 @@
     python server.py --model_name_or_path merged --api --host 0.0.0.0 --api_key SECRET
 
 Terminal commands: 'clear' forgets the conversation, 'exit' (or Ctrl-D) leaves; Ctrl-C stops
-a reply. API routes: POST /v1/chat/completions (stream true/false), GET /v1/models,
-POST /generate ({"instruction": ..., "input": ...} -> {"response": ...}).
+a reply (a stopped or empty reply is not kept in the conversation).
+API routes (OpenAI's shapes; n, logprobs, stream):
+    POST /v1/chat/completions   messages rendered by the model's template
+    POST /v1/completions        a raw prompt (text or token ids), echo, logprobs, max_tokens 0
+    GET  /v1/models
+    POST /generate              {"instruction": ..., "input": ...} -> {"response": ...}
+lm-evaluation-harness drives it with --model local-completions / local-chat-completions (README).
 """
 
 import logging

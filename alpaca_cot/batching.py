@@ -184,6 +184,7 @@ class Request:
     on_token: Callable[[int], None] | None = None
     cancelled: Callable[[], bool] | None = None
     rng: torch.Generator | None = None  # sampling draws from this, else from torch's global generator
+    template_stops: bool = True  # False: the server's stopping criteria (the template's stop strings) do not apply
     new: list[int] = field(default_factory=list)
 
     def __post_init__(self):
@@ -259,8 +260,10 @@ class RefillCore:
         self.virtual = virtual_cache(model)
         self.n_virtual = self.virtual[0][0].shape[2] if self.virtual else 0
         self.runner = self.core if self.virtual else model
-        self.keep_arg = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.core.forward).parameters \
-            else {}
+        params = inspect.signature(self.core.forward).parameters
+        self.keep_arg = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # transformers 5.24 renamed the cache argument and output to ``cache`` (``past_key_values`` warns)
+        self.cache_name = "cache" if "cache" in params else "past_key_values"
         self.batch: _Batch | None = None
 
     @property
@@ -276,9 +279,9 @@ class RefillCore:
         if self.n_virtual:
             mask = torch.cat([mask.new_ones(mask.shape[0], self.n_virtual), mask], 1)
             positions = positions + self.n_virtual
-        out = self.runner(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, **self.keep_arg)
-        return out.logits[:, -1].float(), out.past_key_values
+        out = self.runner(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self.cache_name: cache}, **self.keep_arg)
+        return out.logits[:, -1].float(), out[self.cache_name]
 
     @staticmethod
     def _pick(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, rows: list[Request]) -> torch.Tensor:
@@ -316,7 +319,8 @@ class RefillCore:
                 r.new.append(tok)
                 if r.on_token is not None:
                     r.on_token(tok)
-                done = stopped[row] or len(r.new) >= r.limit or (r.cancelled is not None and r.cancelled())
+                done = (stopped[row] and r.template_stops) or len(r.new) >= r.limit or \
+                    (r.cancelled is not None and r.cancelled())
             if done:
                 r.finish()
             else:

@@ -159,7 +159,8 @@ class Generator:
 
     def stream(self, record: dict, gen_kwargs: dict, stats: dict | None = None,
                stop: threading.Event | None = None, server: RefillServer | None = None,
-               seed: int | None = None) -> Iterator[str]:
+               seed: int | None = None, prompt: list[int] | None = None,
+               use_template: bool = True) -> Iterator[str]:
         """Yield the answer to one record piece by piece as tokens are generated.
 
         Generation stops as soon as the consumer stops iterating (``close()``, a dropped client)
@@ -169,8 +170,13 @@ class Generator:
         that server's running batch, sampling from a generator seeded with ``seed``; otherwise it
         is generated alone here, from torch's global random state (prompt-learning adapters: through a
         one-row server of ``alpaca_cot/batching.py``, as PEFT's ``generate`` mishandles them).
+        ``stats`` also gets the new ``token_ids`` (cut before EOS, through a stop string).
+
+        ``prompt`` (token ids) replaces the record's rendered prompt. With ``use_template`` False
+        the template plays no part in the reply either: it is the new tokens decoded as they are,
+        neither cut at the template's stop strings nor stripped (the API's ``/v1/completions``).
         """
-        from transformers import StoppingCriteria, TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         if server is None and needs_own_loop(self.model):
             check_own_loop(self.model, gen_kwargs)
@@ -182,7 +188,8 @@ class Generator:
         left = threading.Event()  # the consumer stopped iterating
         errors: list[BaseException] = []
         new_tokens: list[int] = []
-        prompt = self.prompt_ids([record])[0]
+        prompt = list(prompt) if prompt is not None else self.prompt_ids([record])[0]
+        shown = (lambda text: self._holdback(self.decode_text(text))) if use_template else (lambda text: text)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=server is None, skip_special_tokens=True,
                                         timeout=600)
 
@@ -198,7 +205,7 @@ class Generator:
 
             rng = torch.Generator().manual_seed(seed) if seed is not None and gen_kwargs.get("do_sample") else None
             request = Request(prompt, gen_kwargs, on_done=done, on_token=lambda tok: streamer.put(torch.tensor([tok])),
-                              cancelled=halted, rng=rng)
+                              cancelled=halted, rng=rng, template_stops=use_template)
             thread = None
         else:
             class _Stop(StoppingCriteria):
@@ -208,7 +215,8 @@ class Generator:
             input_ids, mask = self._batch_tensors([prompt])
             kwargs = dict(input_ids=input_ids, attention_mask=mask, pad_token_id=self.tokenizer.pad_token_id,
                           eos_token_id=self.tokenizer.eos_token_id, streamer=streamer,
-                          **self._stop_kwargs(_Stop()), **gen_kwargs)
+                          **(self._stop_kwargs(_Stop()) if use_template else
+                             {"stopping_criteria": StoppingCriteriaList([_Stop()])}), **gen_kwargs)
 
             def work():
                 try:
@@ -230,7 +238,7 @@ class Generator:
                 server.submit(request)
             for piece in streamer:
                 raw += piece
-                text = self._holdback(self.decode_text(raw))
+                text = shown(raw)
                 if text.startswith(sent) and len(text) > len(sent):
                     yield text[len(sent):]
                     sent = text
@@ -240,12 +248,12 @@ class Generator:
                 thread.join()
         if errors:
             raise errors[0]
-        final = self.decode_text(raw)
+        final = self.decode_text(raw) if use_template else raw
         if final.startswith(sent) and len(final) > len(sent):
             yield final[len(sent):]
         if stats is not None:
             limit = gen_kwargs.get("max_new_tokens")
-            stats.update(prompt_tokens=len(prompt), completion_tokens=len(new_tokens),
+            stats.update(prompt_tokens=len(prompt), completion_tokens=len(new_tokens), token_ids=list(new_tokens),
                          finish_reason="length" if limit and len(new_tokens) >= limit else "stop")
 
     def refill_server(self, batch_size: int) -> RefillServer | None:
