@@ -39,7 +39,7 @@ def main(argv=None):
                        model_type=args.model_type, dtype=args.compute_dtype, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(f"merged checkpoint saved to {target}")
+    print(f"wrote the merged checkpoint (weights, tokenizer, alpaca_cot.json) to {target}")
     return target
 
 

@@ -55,6 +55,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if not args.dry_run and not args.estimate:
         print((out / "results.md").read_text(encoding="utf-8"))
+        print(f"wrote {out}/results.md, {out}/results.json and {out}/plots/; fine-tunes and evaluations in "
+              f"{out}/cells/ and {out}/baselines/", file=sys.stderr)
     return out
 
 

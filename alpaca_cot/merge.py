@@ -118,7 +118,8 @@ def merge(lora_dir: str, merged_dir: str, *, model_name_or_path: str | None = No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("merged %s into %s: saved to %s", lora_dir, path, target)
+    logger.info("folded the adapter of %s into a copy of its base model %s (the base's own files are unchanged)",
+                lora_dir, path)
     return target
 
 

@@ -294,7 +294,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
                 "versions": _versions()}
         restore_attention(trainer.model)  # a saved full model's config names a standard attention
         save_final(trainer, tokenizer, output_dir, meta)
-        logger.info("saved %s to %s", method.name, output_dir)
+        logger.info("saved the %s fine-tune (%s, tokenizer, alpaca_cot.json, loss.png) to %s", method.name,
+                    "adapter" if getattr(trainer.model, "peft_config", None) else "model weights", output_dir)
     return metrics
 
 
@@ -366,6 +367,7 @@ def training_arguments(ft_args: FinetuneArguments, output_dir: str, dtype, has_e
         output_dir=output_dir, per_device_train_batch_size=ft_args.per_gpu_train_batch_size,
         per_device_eval_batch_size=ft_args.per_gpu_train_batch_size,
         gradient_accumulation_steps=ft_args.gradient_accumulation_steps, num_train_epochs=ft_args.epochs,
+        # transformers 5 has no warmup_ratio: a warmup_steps below 1 is the share of the steps (validated < 1 above)
         max_steps=ft_args.max_steps, learning_rate=ft_args.learning_rate, warmup_steps=ft_args.warmup_ratio,
         lr_scheduler_type=ft_args.lr_scheduler_type, weight_decay=ft_args.weight_decay,
         logging_steps=ft_args.logging_steps, logging_first_step=True,

@@ -120,8 +120,8 @@ def test_generation_presets_share_one_default_and_keep_the_original_one_flag_awa
 
     (gen,) = parse((GenerationArguments,), [])
     assert gen.repetition_penalty <= 1.1 and gen.no_repeat_ngram_size == 0 and gen.do_sample
-    assert gen.generate_kwargs() == {"max_new_tokens": 256, "do_sample": True, "num_beams": 1, "repetition_penalty": 1.0,
-                                     "temperature": 0.7, "top_p": 0.9, "top_k": 50}
+    assert gen.generate_kwargs() == {"max_new_tokens": 256, "do_sample": True, "num_beams": 1,
+                                     "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.9, "top_k": 50}
     (original,) = parse((GenerationArguments,), ["--generation_preset", "original", "--top_k", "10"])
     assert original.repetition_penalty == 1.8 and original.no_repeat_ngram_size == 6 and original.top_k == 10
     assert {k: getattr(original, k) for k in GENERATION_PRESETS["original"] if k != "top_k"} == \
