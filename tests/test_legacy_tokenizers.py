@@ -12,7 +12,7 @@ from legacy_vocabs import BATTERY, GLM3_EXTRA, make_family_folder, moss_visible_
 
 FAMILIES = ["chatglm", "chatglm2", "chatglm3", "baichuan", "internlm", "moss"]
 # MOSS's 4.x tokenizer drops every second whitespace token of a run it splits into three or more
-# (over 62 spaces, 19 tabs); ours keeps the first only (see tokenizers.py). Checked separately.
+# (64+ spaces, 20+ tabs); ours keeps the first only (see tokenizers.py). Checked separately.
 MOSS_LONG_RUN = " " * 90 + "x"
 # Texts that decode back to themselves (typed special tokens lose the whitespace around them, as in 4.x).
 PLAIN = [t for t in BATTERY if not any(s in t for s in ("<s>", "<sop>", "<eop>", "<unk>", "<n>", "<eom>",

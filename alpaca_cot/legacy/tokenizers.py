@@ -27,7 +27,10 @@ Quirks of transformers 4.x that the ids depend on, kept here on purpose (see the
 
 - special tokens typed in a text are split off as one id; one given as a plain string (not an
   ``AddedToken``) also swallows the whitespace on both sides (4.x ``PreTrainedTokenizer.tokenize``);
-  MOSS's whitespace-run tokens are plain strings, so a newline before an indented line is dropped;
+  MOSS's whitespace-run tokens are plain strings, so a newline before an indented line is dropped.
+  The one rule ``tokenizers`` cannot express: where a whitespace run splits into three or more
+  such tokens (64+ spaces, 20+ tabs), 4.x drops every second one (each empties its right
+  neighbour), while here the first swallows the rest;
 - ChatGLM2/3 look a piece's string up in their own special-token table first: a BPE piece spelled
   ``sop``/``eop`` (or a role token) gets the special id;
 - ChatGLM2/3 split nothing off (their specials live outside sentencepiece): a typed ``[gMASK]`` is text.
