@@ -296,3 +296,29 @@ def test_dpo_raises_implicit_reward_accuracy_and_a_reward_model_ranks_held_out_p
     model, tok, template, _ = load_reward_model(str(rm))
     rows = score_pairs(held_out, model, tok, template, reward_model=True)
     assert sum(r["score"] for r in rows) / len(rows) > 0.5  # above chance
+
+
+def test_demo_pairs_regenerate_byte_for_byte_and_differ_by_one_slip(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "data" / "demo" / "make_demo.py"), "--out_dir", str(tmp_path)],
+                   check=True, capture_output=True)
+    for name in ("train.json", "train_nocot.json", "test.json", "pref_train.json", "pref_test.json"):
+        assert (tmp_path / name).read_bytes() == (root / "data" / "demo" / name).read_bytes(), name
+    pairs = json.loads((tmp_path / "pref_test.json").read_text())
+    test = json.loads((tmp_path / "test.json").read_text())
+    assert [p["instruction"] for p in pairs] == [t["instruction"] for t in test]
+    assert all(p["chosen"] == t["output"] for p, t in zip(pairs, test))
+    train_instructions = {r["instruction"] for r in json.loads((tmp_path / "train.json").read_text())}
+    held_out = {t["instruction"] for t in test}
+    for pair in pairs + json.loads((tmp_path / "pref_train.json").read_text()):
+        assert pair["instruction"] not in train_instructions
+        chosen, rejected = (re.split(r"\d+", pair[k]) for k in ("chosen", "rejected"))
+        assert chosen == rejected  # the same words around the numbers: the same reasoning
+        numbers = [re.findall(r"\d+", pair[k]) for k in ("chosen", "rejected")]
+        changed = [i for i, (a, b) in enumerate(zip(*numbers)) if a != b]
+        assert changed == [len(numbers[0]) - 2, len(numbers[0]) - 1]  # the last step's result and the answer
+    assert not held_out & {p["instruction"] for p in json.loads((tmp_path / "pref_train.json").read_text())}
