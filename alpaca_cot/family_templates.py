@@ -264,7 +264,8 @@ class MossTemplate(FamilyTemplate):
             head = (record.get("system") or MOSS_META_INSTRUCTION) if i == 0 else "\n"
             spans.append(Span(f"{head}<|Human|>: {query}<eoh>\n<|MOSS|>:", special=i == 0, continued=i > 0))
             if reply is not None:
-                spans += [Span(f" {reply}", train=True, continued=True), Span(ids=(tokenizer.eos_token_id,), train=True)]
+                spans += [Span(f" {reply}", train=True, continued=True),
+                          Span(ids=(tokenizer.eos_token_id,), train=True)]
         return spans
 
     def turns(self, record, *, with_response=True, tokenizer=None):

@@ -159,7 +159,8 @@ def encode_spans(tokenizer, samples: list) -> list[tuple[list[int], list[int]]]:
         for span in spans:
             if span.text is not None:
                 (continued if span.continued else special if span.special else plain).append(span.text)
-    encoded = {"plain": iter(_tokenize_texts(tokenizer, plain)), "continued": iter(_continued_ids(tokenizer, continued)),
+    encoded = {"plain": iter(_tokenize_texts(tokenizer, plain)),
+               "continued": iter(_continued_ids(tokenizer, continued)),
                "special": iter(tokenizer(special, add_special_tokens=True)["input_ids"] if special else [])}
     raw = _derived(tokenizer, "raw", _raw_ids) if any(span.raw for spans in samples for span in spans) else {}
     rows = []
