@@ -8,14 +8,15 @@ with the real flags, and scores one batch of each evaluation with the result. Fr
                  one checkpoint, the final save)
                + (expected input tokens - the probe's) x seconds per input token of steps 2..P
                + the remaining validation passes and checkpoints, each as long as the probe's
-    eval time  = loading the fine-tune + items x seconds per item of the probe batch
+    eval time  = loading the fine-tune + items x seconds per item of the probe batch, scaled for
+                 generating tasks by (mean response tokens of the training data) / (the probe's)
 
 Input tokens are expected from the planned steps (the Trainer's own count, which a budget or
 ``--epochs`` decides) times the samples per step times the mean sample length. Time per token
 rather than per step, because batches of short records are fast. Peak memory is the process's
 peak resident set size (``ru_maxrss``) after the probes, plus the GPU's peak allocation on a
-GPU. Generation time is the weakest part: a barely trained probe may answer longer or shorter
-than the finished fine-tune will.
+GPU. Generation time is the weakest part: a fine-tune is assumed to answer as long as the
+responses it was trained on, which a model that has not learned yet may not do.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 PROBE_STEPS = 4
+GENERATING = ("cot_math", "judged")  # evaluation tasks that generate answers (their time grows with the answers)
 SKIP_FLAGS = ("seed", "output_dir", "learning_rate", "logging_steps", "save_total_limit", "resume_from_checkpoint",
               "report_to")
 
@@ -130,12 +132,29 @@ def probe_eval(eval_flags: dict[str, dict], folder: Path, lora_dir: str | None, 
         t0 = time.perf_counter()
         run_evaluation(args, gen, generator=generator)
         out["evals"][name] = {"per_item_s": (time.perf_counter() - t0) / args.max_samples, "items": items}
+        if args.task in GENERATING:  # how long the probe's answers were, to rescale to the finished fine-tune's
+            rows = [json.loads(line) for line in (folder / name / "results.jsonl").read_text().splitlines()]
+            lengths = [len(generator.tokenizer(r.get("output") or "", add_special_tokens=False)["input_ids"])
+                       for r in rows]
+            out["evals"][name].update(generated_tokens=sum(lengths) / max(len(lengths), 1),
+                                      max_new_tokens=gen.max_new_tokens)
     shutil.rmtree(folder, ignore_errors=True)
     return out
 
 
-def eval_seconds(probe: dict, names) -> float:
-    return probe["load_s"] + sum(probe["evals"][n]["per_item_s"] * probe["evals"][n]["items"] for n in names)
+def eval_seconds(probe: dict, names, response_tokens: float | None = None) -> float:
+    """Expected evaluation time. ``response_tokens``: the mean response length of the fine-tune's training
+    data; a generating evaluation's time is scaled from the probe's answer length to that (capped by
+    ``max_new_tokens``, the scale kept within 0.1-10): a barely trained probe often talks until the cap,
+    where the finished fine-tune answers as long as it was taught to. None (an untuned model): as probed."""
+    total = probe["load_s"]
+    for name in names:
+        e = probe["evals"][name]
+        scale = 1.0
+        if response_tokens and e.get("generated_tokens"):
+            scale = min(10.0, max(0.1, min(response_tokens, e["max_new_tokens"]) / max(e["generated_tokens"], 1)))
+        total += e["per_item_s"] * e["items"] * scale
+    return total
 
 
 def load_cache(path: Path) -> dict:

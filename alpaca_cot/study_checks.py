@@ -144,7 +144,9 @@ def study_estimate(config: dict, plan: list, out: Path, extra_runs: dict) -> dic
             atomic_write_text(path, json.dumps(cache, indent=1))
         train_s = 0.0 if run.cell.baseline else cost.train_seconds(cache["train"][train_key]) \
             if train_key in cache["train"] else None
-        eval_s = cost.eval_seconds(cache["eval"][eval_key], names) if eval_key in cache["eval"] else None
+        data = cache["train"].get(train_key, {}).get("train_set") or {}
+        response = data["supervised_tokens"] / data["samples"] if data.get("samples") else None
+        eval_s = cost.eval_seconds(cache["eval"][eval_key], names, response) if eval_key in cache["eval"] else None
         if train_s is None or eval_s is None:  # finished before the estimate existed
             row = {"train_s": None, "eval_s": None, "done": True}
         else:
