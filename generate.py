@@ -32,22 +32,9 @@ class GenerateArguments:
 
 def read_requests(path: str) -> list[dict]:
     """Records from a JSON/JSONL file (or stdin as '-'), else plain-text lines as instructions."""
-    from alpaca_cot.data.loading import load_records
-    from alpaca_cot.data.schema import DataError
+    from alpaca_cot.data.loading import read_requests as read
 
-    text = sys.stdin.read() if path == "-" else None
-    if text is None:
-        try:
-            return load_records(path, require_output=False)
-        except DataError as e:
-            if "invalid JSON" not in str(e) and "no records" not in str(e):
-                raise
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines and all(line.lstrip().startswith("{") for line in lines):
-        return [{"input": "", **json.loads(line)} for line in lines]
-    return [{"instruction": line.strip(), "input": ""} for line in lines]
+    return read(path, sys.stdin.read() if path == "-" else None)
 
 
 def main(argv=None) -> list[dict]:

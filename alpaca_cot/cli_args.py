@@ -224,8 +224,18 @@ def parse(dataclass_types, argv: list[str] | None = None, description: str | Non
 class DataArguments:
     _argument_group_name = "data"  # a section of --help
     data: list[str] = field(default_factory=lambda: ["demo"], metadata=_help(
-        "One or more registry names or file paths (JSON list or JSONL of unified records), concatenated. "
-        "NAME:N takes N records, NAME:0.3 a fraction (seeded)."))
+        "One or more registry names or file paths (JSON list or JSONL of unified records), mixed. "
+        "NAME:N takes N records, NAME:0.3 a fraction, NAME:2.5 repeats every record 2.5 times on average "
+        "(oversampling; training split only), all seeded."))
+    mix_weights: Optional[list[float]] = field(default=None, metadata=_help(
+        "One weight per --data entry: its share of the training mixture (normalised; the mixture keeps the "
+        "entries' total size, each entry subsampled or repeated to its share, seeded)."))
+    streaming: bool = field(default=False, metadata=_help(
+        "Read, mix and tokenize the data while training (an iterable dataset, nothing cached on disk), for data "
+        "larger than the disk cache allows. Needs --max_steps; --data takes NAME:N (first N records), "
+        "--val_set_size a count."))
+    streaming_buffer_size: int = field(default=10_000, metadata=_help(
+        "--streaming: records in the seeded shuffle buffer."))
     cutoff_len: int = field(default=512, metadata=_help("Maximum tokens per sample (prompt + response)."))
     val_set_size: float = field(default=0, metadata=_help(
         "Held-out validation records: a count (>= 1) or a fraction (< 1); 0 disables evaluation."))

@@ -38,6 +38,7 @@ class TruncationReport:
     truncated: int = 0
     dropped: int = 0  # no response token survived: the sample would train on nothing
     dropped_examples: list[int] = field(default_factory=list)
+    dropped_by_source: dict[str, int] = field(default_factory=dict)  # filled by the datasets path (BatchEncoder)
 
     def summary(self, cutoff_len: int) -> str:
         return (f"{self.total} samples; {self.truncated} truncated at cutoff_len={cutoff_len}; "
@@ -302,46 +303,184 @@ def cache_key(records: list[dict], tokenizer, template, cutoff_len: int) -> str:
     return h.hexdigest()[:32]
 
 
-def tokenize_cached(records: list[dict], tokenizer, template, cutoff_len: int, cache_dir=None,
-                    num_workers: int = 1):
-    """Encode ``records`` once; later runs with the same key load the result from disk.
+# ---------------------------------------------------------------- datasets: batches, workers, disk
 
-    The key covers the records' content, the tokenizer, the template and ``cutoff_len``.
-    Returns ``(datasets.Dataset, TruncationReport, hit)``. ``num_workers`` > 1 tokenizes in that many
-    processes (same result; not part of the key).
+
+def _merge(report: TruncationReport, part: TruncationReport, offset: int) -> None:
+    report.total += part.total
+    report.truncated += part.truncated
+    report.dropped += part.dropped
+    room = max(10 - len(report.dropped_examples), 0)
+    report.dropped_examples += [offset + i for i in part.dropped_examples[:room]]
+
+
+def encode_aligned(records: list[dict], tokenizer, template, cutoff_len: int) -> tuple[list, TruncationReport]:
+    """``encode_records`` with one entry per record: the sample, or None where it was dropped.
+
+    ``encode_records`` returns only the kept samples and names at most ten dropped ones; a batch
+    that drops more is encoded again in halves until every drop is named (rare: it needs many
+    prompts longer than ``cutoff_len``).
     """
-    import os
+    report = TruncationReport()
+    encoded = encode_records(records, tokenizer, template, cutoff_len, report)
+    if report.dropped == len(report.dropped_examples):
+        dropped = set(report.dropped_examples)
+        kept = iter(encoded)
+        return [None if i in dropped else next(kept) for i in range(len(records))], report
+    half = len(records) // 2
+    first, first_report = encode_aligned(records[:half], tokenizer, template, cutoff_len)
+    second, second_report = encode_aligned(records[half:], tokenizer, template, cutoff_len)
+    report = TruncationReport()
+    _merge(report, first_report, 0)
+    _merge(report, second_report, half)
+    return first + second, report
+
+
+class BatchEncoder:
+    """The ``datasets.map`` function: a batch of record columns -> ``input_ids``, ``labels``, ``source``.
+
+    Encodes with ``encode_records`` (labels made there), keeps the ``source`` of every sample that
+    survives truncation, and adds the batch's counts to ``self.report``; with ``stats_dir`` it
+    also appends them to a file there, since worker processes cannot update the caller's report
+    (``read_stats`` adds the files up).
+    """
+
+    def __init__(self, tokenizer, template, cutoff_len: int, stats_dir=None):
+        self.tokenizer, self.template, self.cutoff_len = tokenizer, template, cutoff_len
+        self.stats_dir = str(stats_dir) if stats_dir else None
+        self.report = TruncationReport()
+
+    def __call__(self, batch: dict, indices: list[int] | None = None) -> dict:
+        from .data.records import rows_as_records
+
+        records = rows_as_records(batch)
+        encoded, report = encode_aligned(records, self.tokenizer, self.template, self.cutoff_len)
+        offset = indices[0] if indices else self.report.total
+        _merge(self.report, report, offset)
+        out = {"input_ids": [], "labels": [], "source": []}
+        dropped: dict[str, int] = {}
+        for sample, source in zip(encoded, batch["source"]):
+            if sample is None:
+                dropped[source] = dropped.get(source, 0) + 1
+                continue
+            out["input_ids"].append(sample["input_ids"])
+            out["labels"].append(sample["labels"])
+            out["source"].append(source)
+        for source, n in dropped.items():
+            self.report.dropped_by_source[source] = self.report.dropped_by_source.get(source, 0) + n
+        if self.stats_dir:
+            import os
+
+            line = json.dumps({**report.__dict__, "dropped_examples": [offset + i for i in report.dropped_examples],
+                               "dropped_by_source": dropped})
+            with open(os.path.join(self.stats_dir, f"{os.getpid()}.jsonl"), "a") as f:
+                f.write(line + "\n")
+        return out
+
+
+def read_stats(stats_dir) -> TruncationReport:
+    """The sum of the per-batch counts ``BatchEncoder`` wrote to ``stats_dir`` (dropped indices: the first ten)."""
     from pathlib import Path
 
-    from datasets import Dataset, load_from_disk
+    report, dropped = TruncationReport(), []
+    for path in sorted(Path(stats_dir).glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            part = json.loads(line)
+            report.total += part["total"]
+            report.truncated += part["truncated"]
+            report.dropped += part["dropped"]
+            dropped += part["dropped_examples"]
+            for source, n in part["dropped_by_source"].items():
+                report.dropped_by_source[source] = report.dropped_by_source.get(source, 0) + n
+    report.dropped_examples = sorted(dropped)[:10]
+    return report
+
+
+def tokenized_features():
+    from datasets import Features, Sequence, Value
+
+    return Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
+                     "source": Value("string")})
+
+
+def load_tokenized(folder):
+    """The tokenized dataset stored in ``folder`` (its ``shard*.arrow`` files, memory-mapped, in order)."""
+    from pathlib import Path
+
+    from datasets import Dataset, concatenate_datasets
+
+    shards = sorted(Path(folder).glob("shard*.arrow"))
+    if not shards:
+        return Dataset.from_dict({"input_ids": [], "labels": [], "source": []}, features=tokenized_features())
+    parts = [Dataset.from_file(str(p)) for p in shards]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _full_key(content_key: str, tokenizer, template, cutoff_len: int) -> str:
+    h = hashlib.sha256()
+    h.update(content_key.encode())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(repr(template).encode())
+    if getattr(tokenizer, "chat_template", None) and template.name == "chat":
+        h.update(str(tokenizer.chat_template).encode())
+    h.update(f"{cutoff_len}:{FORMAT_VERSION}".encode())
+    return h.hexdigest()[:32]
+
+
+def tokenize_dataset(dataset, tokenizer, template, cutoff_len: int, *, key: str, num_workers: int = 1,
+                     cache_dir=None):
+    """Encode a records dataset (``data.records`` columns) once; later calls with the same key load it from disk.
+
+    ``key`` identifies the records' content (``data.mixing`` derives it from the files' bytes and
+    the sampling); the tokenizer, template and ``cutoff_len`` are added here. The samples are
+    written by ``datasets.map`` in ``num_workers`` processes straight to Arrow files under
+    ``cache_dir`` (default ``~/.cache/alpaca_cot/tokenized``), so memory stays bounded whatever
+    the size. Returns ``(datasets.Dataset with input_ids, labels, source; TruncationReport; hit)``.
+    """
+    import os
+    import shutil
+    from pathlib import Path
 
     from .embedded import cache_home
 
-    key = cache_key(records, tokenizer, template, cutoff_len)
-    folder = Path(cache_dir or cache_home() / "tokenized") / key
+    full_key = _full_key(key, tokenizer, template, cutoff_len)
+    folder = Path(cache_dir or cache_home() / "tokenized") / full_key
     report_file = folder / "report.json"
     if report_file.exists():
         report = TruncationReport(**json.loads(report_file.read_text()))
-        return load_from_disk(str(folder / "data")), report, True
-    report = TruncationReport()
-    encoded = encode_records_parallel(records, tokenizer, template, cutoff_len, num_workers, report)
-    dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded],
-                                 "labels": [e["labels"] for e in encoded]})
-    if not encoded:  # nothing to cache (and datasets cannot reload an empty table)
-        return dataset, report, False
-    tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
-
-    disable_progress_bar()
+        return load_tokenized(folder), report, True
+    tmp = folder.with_name(f".{full_key}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "stats").mkdir(parents=True)
+    workers = num_workers if len(dataset) >= 2 * max(num_workers, 1) else 1
     try:
-        dataset.save_to_disk(str(tmp / "data"))
-    finally:
-        enable_progress_bar()
-    (tmp / "report.json").write_text(json.dumps(report.__dict__))
-    try:
-        os.replace(tmp, folder)  # atomic: a reader sees a whole cache entry or none
-    except OSError:  # another process wrote the same entry first
-        import shutil
-
+        encoded = dataset.map(BatchEncoder(tokenizer, template, cutoff_len, tmp / "stats"), batched=True,
+                              batch_size=1000, with_indices=True, num_proc=workers if workers > 1 else None,
+                              remove_columns=dataset.column_names, features=tokenized_features(),
+                              cache_file_name=str(tmp / "shard.arrow"), new_fingerprint=full_key,
+                              writer_batch_size=1000, desc="tokenizing")
+        del encoded  # its files are reopened from their final place below
+        report = read_stats(tmp / "stats")
+        shutil.rmtree(tmp / "stats")
+        (tmp / "report.json").write_text(json.dumps(report.__dict__))
+        try:
+            os.replace(tmp, folder)  # atomic: a reader sees a whole cache entry or none
+        except OSError:  # another process wrote the same entry first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_from_disk(str(folder / "data")), report, False
+        raise
+    return load_tokenized(folder), report, False
+
+
+def tokenize_cached(records: list[dict], tokenizer, template, cutoff_len: int, cache_dir=None,
+                    num_workers: int = 1):
+    """``tokenize_dataset`` for a Python list of validated records, keyed by their content.
+
+    Returns ``(datasets.Dataset, TruncationReport, hit)``; ``num_workers`` is not part of the key.
+    """
+    from .data.records import records_from_list
+
+    key = cache_key(records, tokenizer, template, cutoff_len)
+    return tokenize_dataset(records_from_list(records), tokenizer, template, cutoff_len, key=key,
+                            num_workers=num_workers, cache_dir=cache_dir)

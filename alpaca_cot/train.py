@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import shutil
 import signal
@@ -25,7 +24,6 @@ from transformers import TrainerCallback
 from . import datacache
 from .budget import TokenCounter, apply_budget, check_budget, data_totals, source_losses
 from .cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArguments
-from .data.loading import load_data
 from .data.schema import DataError
 from .guards import FiniteGuard
 from .legacy.convert import conversion_info
@@ -36,7 +34,6 @@ from .packing import plan_batching, restore_attention, with_lengths
 from .peft_methods import (check_compatible, count_parameters, get_method, method_callbacks, method_params,
                            resolve_method_targets)
 from .templates import get_template
-from .tokenize import tokenize_cached
 
 logger = logging.getLogger("alpaca_cot")
 
@@ -60,22 +57,20 @@ def default_output_dir(model_args: ModelArguments, data_args: DataArguments, pef
     return str(Path("saved_models") / name.replace(":", "-"))
 
 
-def split_records(records: list[dict], val_set_size: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded split into (train, validation); refuses a validation set as large as the data."""
-    if val_set_size < 0:
-        raise ConfigError(f"--val_set_size must be >= 0, got {val_set_size:g}")
-    n_val = int(val_set_size) if val_set_size >= 1 else round(len(records) * val_set_size)
-    if val_set_size >= 1 and val_set_size != int(val_set_size):
-        raise ConfigError(f"--val_set_size {val_set_size:g}: use a whole count or a fraction below 1")
-    if n_val >= len(records):
-        raise ConfigError(f"--val_set_size {val_set_size:g} asks for {n_val} validation records but the data has "
-                          f"only {len(records)}; lower --val_set_size (or give more --data)")
-    if n_val == 0:
+def split_records(records: list, val_set_size: float, seed: int) -> tuple[list, list]:
+    """Seeded split into (train, validation); refuses a validation set as large as the data.
+
+    The draw is ``data.mixing.split_indices``, the one the Arrow data path uses.
+    """
+    from .data.mixing import split_indices
+
+    try:
+        train_idx, val_idx = split_indices(len(records), val_set_size, seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if not val_idx:
         return records, []
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    val = set(order[:n_val])
-    return [r for i, r in enumerate(records) if i not in val], [records[i] for i in sorted(val)]
+    return [records[i] for i in train_idx], [records[i] for i in val_idx]
 
 
 def resolve_checkpoint(resume: str | None, output_dir: str) -> str | None:
@@ -121,6 +116,13 @@ def validate(model_args, data_args, peft_args, ft_args) -> None:
         raise ConfigError("--warmup_ratio must be in [0, 1)")
     if ft_args.learning_rate <= 0:
         raise ConfigError("--learning_rate must be > 0")
+    if data_args.streaming:  # an iterable dataset has no length: no epochs, no length-grouped sampler
+        if ft_args.max_steps <= 0:
+            raise ConfigError("--streaming needs --max_steps (a stream has no length to count epochs by)")
+        if data_args.group_by_length:
+            raise ConfigError("--group_by_length needs the whole dataset's lengths; it does not work with --streaming")
+        if getattr(ft_args, "budget_tokens", None) is not None or getattr(ft_args, "budget_flops", None) is not None:
+            raise ConfigError("--budget_tokens/--budget_flops select from the whole training set; not with --streaming")
     try:  # --budget_tokens / --budget_flops / --decontaminate
         check_budget(data_args, ft_args)
     except ValueError as e:
@@ -139,63 +141,170 @@ def default_workers(n_records: int) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def prepare_data(data_args: DataArguments, seed: int, model_path: str, spec, template):
-    """The tokenizer, the tokenized (train, validation or None) sets and the truncation report.
+MIN_VAL_KEPT = 0.5  # a validation set keeping less than this share of the asked records is refused
 
-    Unchanged data files skip reading and hashing the records (``datacache``); otherwise load,
-    validate and split them (data errors come before the tokenizer loads), then tokenize, with
-    ``tokenize_cached`` reusing earlier work on the same records.
+
+def _by_source(dataset) -> dict[str, int]:
+    """Samples per ``source`` of a tokenized dataset (counted in Arrow, no Python pass over the rows)."""
+    if dataset is None or "source" not in getattr(dataset, "column_names", []) or len(dataset) == 0:
+        return {}
+    import pyarrow.compute as pc
+
+    column = dataset.data.column("source") if dataset._indices is None else dataset.with_format("arrow")["source"]
+    return {str(c["values"]): int(c["counts"]) for c in pc.value_counts(column).to_pylist()}
+
+
+def report_splits(report, val_report, cutoff_len: int, how: str) -> None:
+    """Log both splits the same way (samples, truncated, dropped, by source) and refuse an unusable validation set.
+
+    Raises ConfigError before training when no training sample is left, or when the validation set
+    is empty or keeps less than ``MIN_VAL_KEPT`` of the records asked for. A report that is None
+    (no validation split; a streamed training set, counted while training reads it) is skipped.
     """
+    for name, r in (("training", report), ("validation", val_report)):
+        if r is None:
+            continue
+        logger.info("%s data: %s (%s)", name, r.summary(cutoff_len), how)
+        if r.dropped:
+            by_source = ", ".join(f"{s} {n}" for s, n in sorted(r.dropped_by_source.items()))
+            logger.warning("%s: %d samples had no response token left after truncation and were dropped (record "
+                           "indices %s...%s); raise --cutoff_len to keep them", name, r.dropped, r.dropped_examples,
+                           f"; by source: {by_source}" if by_source else "")
+    if report is not None and report.total - report.dropped == 0:
+        raise ConfigError(f"no training sample keeps a response token at --cutoff_len {cutoff_len}; raise it")
+    if val_report is not None:
+        kept = val_report.total - val_report.dropped
+        if kept == 0 or kept < MIN_VAL_KEPT * val_report.total:
+            raise ConfigError(
+                f"--val_set_size: only {kept} of the {val_report.total} validation records keep a response token at "
+                f"--cutoff_len {cutoff_len} ({val_report.dropped} dropped); the validation loss would describe "
+                "almost nothing. Raise --cutoff_len, or use --val_set_size 0 to train without a validation set")
+
+
+def _decontaminate(parts, data_args):
+    """Drop the training records that share an n-gram with an evaluation item (``--decontaminate``)."""
+    import numpy as np
+
+    from .data.mixing import Part, _concat, digest
+    from .data.overlap import check_overlap
+
+    words, chars = data_args.decontaminate_ngrams
+    everything, _ = _concat([p.dataset for p in parts], [p.key for p in parts])
+    overlap, _ = check_overlap(data_args.decontaminate, everything, words, chars)
+    hit = np.zeros(len(everything), dtype=bool)
+    hit[list(overlap.records_hit)] = True
+    out, start = [], 0
+    for p in parts:
+        keep = np.flatnonzero(~hit[start:start + len(p.dataset)])
+        start += len(p.dataset)
+        out.append(p if len(keep) == len(p.dataset)
+                   else Part(p.spec, p.dataset.select(keep), digest(p.key, "decontaminate", keep), p.weight))
+    logger.warning("--decontaminate: dropped %d of %d training records sharing a %d-word or %d-character "
+                   "n-gram with %d of the %d items of %s", len(overlap.records_hit), overlap.records_scanned, words,
+                   chars, len(overlap.hits), overlap.items, " ".join(data_args.decontaminate))
+    if not sum(len(p.dataset) for p in out):
+        raise DataError("--decontaminate dropped every training record")
+    return out, len(overlap.records_hit)
+
+
+def prepare_data(data_args: DataArguments, seed: int, model_path: str, spec, template):
+    """The tokenizer, the tokenized (train, validation or None) sets and the training truncation report.
+
+    The data path is Arrow throughout (``data.records``, ``data.mixing``, ``tokenize.tokenize_dataset``):
+    files are read and validated once into memory-mapped tables, sampled, split and mixed by
+    index, and tokenized by worker processes that write to disk, so memory stays bounded for
+    millions of records; every step keeps the ``source`` column. Unchanged data files skip all
+    of it (``datacache``). Data errors come before the tokenizer loads. The validation split's
+    report is ``report.validation`` (None without one); both splits are logged the same way and
+    an unusable validation set is refused (``report_splits``). With ``--streaming`` the training
+    set is an IterableDataset tokenized as it is read (``data.streaming``).
+    """
+    if data_args.streaming:
+        return _prepare_streaming(data_args, seed, model_path, spec, template)
     key = datacache.data_key(data_args.data, seed=seed, skip_invalid=data_args.skip_invalid,
                              val_set_size=data_args.val_set_size, model_path=model_path, template=template,
-                             cutoff_len=data_args.cutoff_len)
+                             cutoff_len=data_args.cutoff_len, mix_weights=data_args.mix_weights)
     key = None if data_args.decontaminate else key  # the index does not know the evaluation sets
     cached = datacache.lookup(key)
     if cached:
-        train_set, val_set, report, skipped = cached
+        train_set, val_set, report, val_report, skipped = cached
         if skipped:
             logger.warning("skipped %d invalid records (unchanged files; see the first run's log)", skipped)
         tokenizer = load_tokenizer(model_path, spec)
-        source = "cached, data files unchanged"
+        how = "cached, data files unchanged"
+        decontaminated = None
     else:
-        records, load_report = load_data(data_args.data, seed=seed, skip_invalid=data_args.skip_invalid)
-        if not records:
+        from .data.loading import LoadReport
+        from .data.mixing import load_parts, mix, split_parts
+        from .tokenize import tokenize_dataset
+
+        load_report = LoadReport()
+        parts = load_parts(data_args.data, seed=seed, skip_invalid=data_args.skip_invalid, report=load_report)
+        if not load_report.kept:
             raise DataError(f"--data {' '.join(data_args.data)}: no records to train on")
         if load_report.skipped:
             logger.warning("skipped %d invalid records (first: %s)", len(load_report.skipped), load_report.skipped[0])
         decontaminated = None
         if data_args.decontaminate:
-            from .data.overlap import decontaminate
-
-            words, chars = data_args.decontaminate_ngrams
-            records, overlap = decontaminate(records, data_args.decontaminate, words, chars)
-            decontaminated = len(overlap.records_hit)
-            logger.warning("--decontaminate: dropped %d of %d training records sharing a %d-word or %d-character "
-                           "n-gram with %d of the %d items of %s", decontaminated, overlap.records_scanned, words,
-                           chars, len(overlap.hits), overlap.items, " ".join(data_args.decontaminate))
-            if not records:
-                raise DataError("--decontaminate dropped every training record")
-        train_records, val_records = split_records(records, data_args.val_set_size, seed)
+            parts, decontaminated = _decontaminate(parts, data_args)
+        try:
+            train_parts, val_records, val_key = split_parts(parts, data_args.val_set_size, seed)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        train_records, train_key, mixed = mix(train_parts, seed, data_args.mix_weights)
+        if len(mixed) > 1 or "(x" in mixed[0]:
+            logger.info("training mixture: %s", "; ".join(mixed))
         workers = data_args.preprocessing_num_workers
-        workers = default_workers(len(records)) if workers is None else workers
+        workers = default_workers(len(train_records)) if workers is None else workers
         if workers < 1:
             raise ConfigError("--preprocessing_num_workers must be >= 1")
         tokenizer = load_tokenizer(model_path, spec)
-        train_set, report, hit = tokenize_cached(train_records, tokenizer, template, data_args.cutoff_len,
-                                                 num_workers=workers)
-        val_set = tokenize_cached(val_records, tokenizer, template, data_args.cutoff_len,
-                                  num_workers=workers)[0] if val_records else None
+        train_set, report, hit = tokenize_dataset(train_records, tokenizer, template, data_args.cutoff_len,
+                                                  key=train_key, num_workers=workers)
+        val_set, val_report = None, None
+        if val_records is not None:
+            val_set, val_report, _ = tokenize_dataset(val_records, tokenizer, template, data_args.cutoff_len,
+                                                      key=val_key, num_workers=workers)
         skipped = len(load_report.skipped)
-        source = "cached" if hit else "tokenized"
-        report.decontaminated = decontaminated  # read by run() into the metrics
-    logger.info("training data: %s (%s)", report.summary(data_args.cutoff_len), source)
-    if report.dropped:
-        logger.warning("%d samples had no response token left after truncation and were dropped (record indices "
-                       "%s...); raise --cutoff_len to keep them", report.dropped, report.dropped_examples)
-    if len(train_set) == 0:
-        raise ConfigError(f"no sample keeps a response token at --cutoff_len {data_args.cutoff_len}; raise it")
+        how = "cached" if hit else "tokenized"
+    report.validation = val_report
+    report.decontaminated = decontaminated  # read by run() into the metrics
+    report_splits(report, val_report, data_args.cutoff_len, how)
+    for name, dataset in (("training", train_set), ("validation", val_set)):
+        counts = _by_source(dataset)
+        if len(counts) > 1:
+            logger.info("%s samples by source: %s", name, ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
     if not cached:
         datacache.remember(key, train_set, val_set, skipped)
+    return tokenizer, train_set, val_set, report
+
+
+def _prepare_streaming(data_args: DataArguments, seed: int, model_path: str, spec, template):
+    """``prepare_data`` for ``--streaming``: the training set tokenized on the fly, counted as it streams."""
+    from .data.mixing import digest
+    from .data.streaming import stream_data
+    from .tokenize import BatchEncoder, tokenize_dataset
+
+    if data_args.decontaminate:
+        raise ConfigError("--decontaminate needs the whole training set up front; it does not work with --streaming")
+    train_records, val_records = stream_data(data_args.data, seed=seed, skip_invalid=data_args.skip_invalid,
+                                             mix_weights=data_args.mix_weights, val_set_size=data_args.val_set_size,
+                                             buffer_size=data_args.streaming_buffer_size)
+    tokenizer = load_tokenizer(model_path, spec)
+    encoder = BatchEncoder(tokenizer, template, data_args.cutoff_len)
+    train_set = train_records.map(encoder, batched=True, batch_size=1000,
+                                  remove_columns=list(train_records.features))
+    val_set = val_report = None
+    if val_records is not None:
+        import json
+
+        val_key = digest("streamed-validation", json.dumps(val_records.to_list(), ensure_ascii=False))
+        val_set, val_report, _ = tokenize_dataset(val_records, tokenizer, template, data_args.cutoff_len, key=val_key)
+    report = encoder.report  # filled while training reads the stream (the dataloader runs in this process)
+    report.validation = val_report
+    report.decontaminated = None
+    report_splits(None, val_report, data_args.cutoff_len, "tokenized")
+    logger.info("training data: streamed (%s); truncation is counted as training reads it", " ".join(data_args.data))
     return tokenizer, train_set, val_set, report
 
 
@@ -236,7 +345,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     upcast_trainable(model)  # trainable weights and optimizer state stay fp32 over a bf16/fp16 base
     try:
         batching = plan_batching(model, spec.trust_remote_code, len(tokenizer), data_args.packing,
-                                 data_args.group_by_length)
+                                 False if data_args.streaming else data_args.group_by_length)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     logger.info("batches: %s", batching.message)
@@ -254,7 +363,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
         # bitsandbytes weights into an inference-only layout and breaks later backward passes.
         model=model, args=training_arguments(ft_args, output_dir, dtype, group_by_length=batching.group_by_length,
                                              has_eval=val_set is not None and not (
-            model_args.quantization_bit == 4 and not torch.cuda.is_available())),
+            model_args.quantization_bit == 4 and not torch.cuda.is_available()),
+            # A streamed set is read by every process itself: accelerate's default of dispatching an iterable
+            # dataset's batches from the main process slices every tensor on dim 0, logits_to_keep included.
+            **({"accelerator_config": {"dispatch_batches": False}} if data_args.streaming else {})),
         train_dataset=train_set, eval_dataset=val_set, processing_class=tokenizer,
         # Packed rows or padding (input_ids with pad, labels with -100); labels are never rewritten.
         data_collator=counter, compute_loss_func=batching.loss_func(),
@@ -278,8 +390,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     metrics.update(source_losses(trainer, val_set))  # eval_loss_by_source, for a mixture of sources
     interrupted = _interrupted(trainer)
     metrics.update(counter.totals(), budget=budget, decontaminated=getattr(report, "decontaminated", None),
-                   trainable_params=count_parameters(trainer.model)[0], train_set=data_totals(train_set))
-    metrics.update(train_samples=len(train_set), truncated=report.truncated, dropped=report.dropped,
+                   trainable_params=count_parameters(trainer.model)[0],
+                   train_set=None if data_args.streaming else data_totals(train_set))
+    val_report = getattr(report, "validation", None)
+    if data_args.streaming:
+        logger.info("training data: %s (streamed)", report.summary(data_args.cutoff_len))
+    # Streamed: the samples tokenized so far (reading runs ahead of training by the shuffle buffer and a batch).
+    metrics.update(train_samples=report.total - report.dropped if data_args.streaming else len(train_set),
+                   train_samples_by_source=_by_source(None if data_args.streaming else train_set),
+                   val_truncated=val_report.truncated if val_report else None,
+                   val_dropped=val_report.dropped if val_report else None,
+                   truncated=report.truncated, dropped=report.dropped,
                    packing=batching.packing, group_by_length=batching.group_by_length,
                    global_step=trainer.state.global_step, interrupted=interrupted,
                    wall_seconds=round(time.time() - started, 1))

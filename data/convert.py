@@ -5,10 +5,14 @@
     python data/convert.py --format sharegpt --input part1.json part2.jsonl.gz --output data/ShareGPT/sharegpt.json
     python data/convert.py --format flan_cot --input gsm8k_train.tsv --validate
 
-Inputs may be JSON (a list, or one object per file), JSONL, CSV/TSV, each optionally
-gzipped. The output is a JSON list, or JSONL when its name ends in ".jsonl"; it is written
-to a temporary file and moved into place, so it is never left half-written. A malformed
-record stops the run with FILE: line/record: problem; ``--skip_invalid`` counts and skips.
+Inputs may be JSON (a list, one object per file, or JSON Lines, told apart by the content;
+UTF-8 with or without a BOM), CSV/TSV, each optionally gzipped. The output is a JSON list, or
+JSONL when its name ends in ".jsonl"; it is written to a temporary file and moved into place,
+so it is never left half-written. A malformed record stops the run with FILE: line/record:
+problem; ``--skip_invalid`` counts and skips. Every record's ``source`` names the dataset and
+the input file it came from (``flan_cot/aqua_train``; ``--dataset`` names the first part,
+``--source`` replaces both). Escapes a source is known to leave in its text are decoded (FLAN
+CoT's literal \n); ``--unescape`` decodes more, and the summary counts records still holding any.
 """
 
 from __future__ import annotations
@@ -26,15 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alpaca_cot.data.converters import CONVERTERS, ConversionReport, convert_files, get_converter  # noqa: E402
+from alpaca_cot.data.converters.base import ESCAPES  # noqa: E402
 from alpaca_cot.data.schema import DataError  # noqa: E402
-
-
-def dataset_stem(path: str | os.PathLike) -> str:
-    """``data/x/belle_data0.5M_cn.json.gz`` -> ``belle_data0.5M_cn`` (the default ``source``)."""
-    name = Path(path).name
-    for suffix in (".gz", ".jsonl", ".json"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -82,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate", action="store_true", help="check the inputs, write nothing")
     p.add_argument("--skip_invalid", "--skip-invalid", action="store_true",
                    help="count and skip malformed records instead of stopping")
-    p.add_argument("--source", help="value of each record's 'source' (default: the output "
-                                    "file's stem, or the format name)")
+    p.add_argument("--source", help="value of every record's 'source' (default: DATASET/FILE, the dataset "
+                                    "and the input file's name without suffixes, e.g. flan_cot/aqua_train)")
+    p.add_argument("--dataset", help="the DATASET part of the default source (default: the format name)")
+    p.add_argument("--unescape", nargs="+", default=[], choices=sorted(ESCAPES),
+                   help="decode escapes the source text holds beyond the format's own: backslash (\\n, \\t), "
+                        "html (&amp; ...), unicode (\\uXXXX); the summary counts records still holding any")
     p.add_argument("--seed", type=int, default=42, help="seed for template choices (flan_cot)")
     return p
 
@@ -104,10 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.validate == bool(args.output):
             parser.error("give either --output FILE or --validate")
         get_converter(args.format)
-        source = args.source or (dataset_stem(args.output) if args.output else args.format)
         report = ConversionReport()
-        records = convert_files(args.format, args.input, source=source, seed=args.seed,
-                                skip_invalid=args.skip_invalid, report=report)
+        records = convert_files(args.format, args.input, source=args.source, dataset=args.dataset, seed=args.seed,
+                                skip_invalid=args.skip_invalid, report=report, unescape=args.unescape)
         if args.validate:
             for _ in records:
                 pass

@@ -11,6 +11,7 @@ import pytest
 
 from alpaca_cot.data.converters import (CONVERTERS, BadRecord, ConversionReport, Skip, convert_files,
                                         dialogue_record, register_converter, split_markers)
+from alpaca_cot.data.converters.base import file_stem
 from alpaca_cot.data.converters.tasks import COT_TEMPLATES
 from alpaca_cot.data.readers import read_raw
 from alpaca_cot.data.schema import DataError
@@ -44,7 +45,9 @@ def test_every_format_has_a_fixture_and_expectation():
 def test_fixture_converts_to_expected_records(fmt):
     raw, want = fixture(fmt), expected(fmt)
     records, report = convert(fmt, [raw], skip_invalid=True)
-    assert records == want["records"]
+    # The expectations name the format as the source; converted records name format and input file.
+    provenance = f"{fmt}/{file_stem(raw)}"
+    assert records == [{**r, "source": provenance} if r.get("source") == fmt else r for r in want["records"]]
     assert dict(report.skipped) == want["skipped"]
     assert [m.removeprefix(f"{raw}: ") for m in report.invalid] == want["invalid"]
     n_out = len(records) + sum(report.skipped.values()) + len(report.invalid)
@@ -109,8 +112,8 @@ def test_flan_cot_template_choice_is_seeded_and_order_free(tmp_path):
     rows = (RAW / "flan_cot.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[:3]
     reversed_file = tmp_path / "rev.tsv"
     reversed_file.write_text("".join(reversed(rows)), encoding="utf-8")
-    forward, _ = convert("flan_cot", [fixture("flan_cot")], skip_invalid=True, seed=42)
-    backward, _ = convert("flan_cot", [reversed_file], seed=42)
+    forward, _ = convert("flan_cot", [fixture("flan_cot")], skip_invalid=True, seed=42, source="flan_cot")
+    backward, _ = convert("flan_cot", [reversed_file], seed=42, source="flan_cot")
     assert backward == list(reversed(forward))
     others = [convert("flan_cot", [reversed_file], seed=s)[0] for s in range(1, 6)]
     assert any(o != backward for o in others), "the seed should change some template choices"
@@ -125,7 +128,7 @@ def test_gzip_and_multiple_inputs(tmp_path):
     gz = tmp_path / "part2.jsonl.gz"
     with gzip.open(gz, "wt", encoding="utf-8") as f:
         f.write((RAW / "dolly.jsonl").read_text(encoding="utf-8"))
-    records, report = convert("dolly", [fixture("dolly"), gz], skip_invalid=True)
+    records, report = convert("dolly", [fixture("dolly"), gz], skip_invalid=True, source="dolly")
     assert records == expected("dolly")["records"] * 2
     assert report.read == 8 and len(report.invalid) == 2
     assert report.invalid[1].startswith(f"{gz}: line 4:")
@@ -134,7 +137,7 @@ def test_gzip_and_multiple_inputs(tmp_path):
 def test_gzip_recognised_by_magic_bytes(tmp_path):
     disguised = tmp_path / "data.jsonl"  # gzip content without the .gz suffix
     disguised.write_bytes(gzip.compress((RAW / "xp3.jsonl").read_bytes()))
-    records, _ = convert("xp3", [disguised], skip_invalid=True)
+    records, _ = convert("xp3", [disguised], skip_invalid=True, source="xp3")
     assert records == expected("xp3")["records"]
 
 
@@ -147,7 +150,7 @@ def test_csv_with_header(tmp_path):
         writer = csv.DictWriter(f, fieldnames=["instruction", "context", "response", "category"])
         writer.writeheader()
         writer.writerows(rows)  # the third row has no "context": an empty cell
-    records, _ = convert("dolly", [path])
+    records, _ = convert("dolly", [path], source="dolly")
     assert records == expected("dolly")["records"]
 
 

@@ -52,7 +52,7 @@ def test_convert_writes_a_json_list_and_a_summary(tmp_path, capsys):
     assert rc == 0
     records = json.loads(out.read_text(encoding="utf-8"))
     want = json.loads((RAW / "sharegpt.expected.json").read_text(encoding="utf-8"))["records"]
-    assert records == [{**r, "source": "chats"} for r in want]  # source: the output's stem
+    assert records == [{**r, "source": "sharegpt/sharegpt"} for r in want]  # source: format / input file
     summary = capsys.readouterr().out
     assert "read 6 raw records, wrote 3 records, skipped 3" in summary
     assert "skipped 2: no assistant turn" in summary and "skipped 1 invalid" in summary
@@ -69,12 +69,12 @@ def test_convert_writes_jsonl_and_takes_several_inputs(tmp_path, capsys):
     assert "read 8 raw records, wrote 6 records, skipped 2" in capsys.readouterr().out
 
 
-def test_convert_writes_gzip_and_names_the_source_after_the_file(tmp_path, capsys):
+def test_convert_writes_gzip_and_names_the_source_after_dataset_and_input_file(tmp_path, capsys):
     out = tmp_path / "belle_data0.5M_cn.jsonl.gz"
     assert convert.main(["--format", "belle_multiturn", "--input", str(RAW / "belle_multiturn.json"),
-                         "--output", str(out), "--skip_invalid"]) == 0
+                         "--output", str(out), "--skip_invalid", "--dataset", "multiturn_chat"]) == 0
     records = load_records(out)
-    assert len(records) == 4 and {r["source"] for r in records} == {"belle_data0.5M_cn"}
+    assert len(records) == 4 and {r["source"] for r in records} == {"multiturn_chat/belle_multiturn"}
     assert records[0]["history"] == [["写一句关于秋天的诗。", "秋风吹落一地金黄。"]]
 
 

@@ -48,7 +48,7 @@ def test_unchanged_files_skip_reading(isolated_cache, data_file, default_model_d
         raise AssertionError("the data files were read again")
 
     with monkeypatch.context() as m, caplog.at_level(logging.INFO, logger="alpaca_cot"):
-        m.setattr(train, "load_data", no_reading)
+        m.setattr("alpaca_cot.data.mixing.load_parts", no_reading)
         train_set, val_set, report = prepare(data_file, default_model_dir, val_set_size=5)
     assert "data files unchanged" in caplog.text
     assert train_set["input_ids"] == first_train["input_ids"] and train_set["labels"] == first_train["labels"]

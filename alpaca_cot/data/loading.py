@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import logging
 import os
@@ -12,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..suggest import did_you_mean
+from .jsonio import iter_json, read_json_values
 from .schema import DataError, normalize, record_problem
 
 logger = logging.getLogger(__name__)
@@ -25,44 +24,15 @@ def data_dir() -> Path:
     return Path(os.environ.get("ALPACA_COT_DATA_DIR", REPO_DATA_DIR))
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def read_json_records(path: str | os.PathLike) -> list[tuple[str, object]]:
-    """Read a JSON list or JSONL file (optionally gzipped) as ``(where, value)`` pairs.
+    """Read a JSON list, JSON Lines or single-object file (UTF-8 with or without BOM, optionally gzipped).
 
-    ``where`` is "record i" for a JSON list and "line n" for JSONL, so errors can point at it.
-    Raises DataError naming the file when it cannot be read or parsed.
+    Returns ``(where, value)`` pairs, ``where`` being "record i", "line n" or "whole file", so errors
+    can point at the record. The format is decided by the content (``jsonio``, the one reader every
+    script uses); an empty file gives no pairs. Raises DataError naming the file when it cannot be
+    read or parsed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        with _open_text(path) as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise DataError(f"{path}: cannot read file: {e}") from e
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-        return [(f"record {i}", v) for i, v in enumerate(values)]
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"line {lineno}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {lineno}: invalid JSON: {e.msg}") from e
-    if not out and stripped:
-        raise DataError(f"{path}: no records found")
-    return out
+    return read_json_values(path)
 
 
 @dataclass
@@ -88,7 +58,7 @@ def load_records(path: str | os.PathLike, *, skip_invalid: bool = False, require
     """
     report = report if report is not None else LoadReport()
     records = []
-    for where, value in read_json_records(path):
+    for where, value in iter_json(path):
         problem = record_problem(value, require_output=require_output)
         if problem:
             msg = f"{path}: {where}: {problem}"
@@ -117,30 +87,53 @@ def load_registry() -> dict[str, dict]:
 
 
 def parse_data_spec(spec: str) -> tuple[str, float | int | None]:
-    """Split ``NAME:N`` / ``NAME:0.3`` / ``NAME`` into (name, amount); paths with ':' keep them."""
+    """Split ``NAME:N`` / ``NAME:0.3`` / ``NAME:2.5`` / ``NAME`` into (name, amount); paths with ':' keep them.
+
+    The amount is an int (a count of records), a float in (0, 1] (a fraction of them) or a float
+    above 1 (a weight: the records repeated that many times, for oversampling in a mixture), or
+    None (every record once). ``NAME:2`` is two records; ``NAME:2.0`` is every record twice.
+    """
     name, sep, amount = spec.rpartition(":")
     if not sep or not name or os.path.exists(spec):
         return spec, None
     try:
         if amount.isdigit():
+            if int(amount) < 1:
+                raise DataError(f"--data {spec}: a count must be at least 1")
             return name, int(amount)
         value = float(amount)
     except ValueError:
         return spec, None
-    if not 0 < value <= 1:
-        raise DataError(f"--data {spec}: a fraction must be in (0, 1]; use an integer for a count")
+    if not value > 0 or value != value or value == float("inf"):
+        raise DataError(f"--data {spec}: use a count (NAME:1000), a fraction in (0, 1] (NAME:0.3) or a weight "
+                        "above 1 (NAME:2.5) to oversample")
     return name, value
 
 
-def _subsample(records: list[dict], amount: float | int | None, seed: int, spec: str) -> list[dict]:
-    if amount is None:
-        return records
-    n = round(len(records) * amount) if isinstance(amount, float) else amount
-    if n > len(records):
-        raise DataError(f"--data {spec}: asked for {n} records but only {len(records)} are available")
+def sample_indices(n: int, amount: float | int | None, seed: int, spec: str) -> list[int] | None:
+    """The record indices a ``parse_data_spec`` amount selects out of ``n`` records (None: all, in order).
+
+    Counts and fractions draw a seeded sample without replacement, kept in file order; a weight
+    w > 1 gives every record int(w) times plus a seeded sample of round((w - int(w)) * n) of them
+    once more (in order: all copies first). The sample depends on ``seed`` and the ``spec`` text only.
+    """
+    if amount is None or (isinstance(amount, float) and amount == 1.0):
+        return None
     rng = random.Random(f"{seed}:{spec}")
-    idx = sorted(rng.sample(range(len(records)), n))
-    return [records[i] for i in idx]
+    if isinstance(amount, float) and amount > 1:
+        k = round(n * amount)
+        copies, rest = divmod(k, n) if n else (0, 0)
+        return list(range(n)) * copies + sorted(rng.sample(range(n), rest))
+    k = round(n * amount) if isinstance(amount, float) else amount
+    if k > n:
+        raise DataError(f"--data {spec}: asked for {k} records but only {n} are available "
+                        f"(to repeat records, give a weight: {spec.rpartition(':')[0]}:{k / max(n, 1):.1f})")
+    return sorted(rng.sample(range(n), k))
+
+
+def _subsample(records: list[dict], amount: float | int | None, seed: int, spec: str) -> list[dict]:
+    idx = sample_indices(len(records), amount, seed, spec)
+    return records if idx is None else [records[i] for i in idx]
 
 
 def resolve_files(name: str) -> list[Path]:
@@ -219,3 +212,38 @@ def load_data(specs: list[str], *, seed: int = 42, skip_invalid: bool = False,
         out += _subsample(records, amount, seed, spec)
     report.kept = len(out)
     return out, report
+
+
+def read_requests(path: str, stdin_text: str | None = None) -> list[dict]:
+    """Inference requests from a file (or, for "-", from ``stdin_text``): JSON records or plain text.
+
+    Decided by the content, as every data file is (``jsonio``): text whose first character (after a
+    BOM and whitespace) is ``[`` or ``{`` is JSON (a list, JSON Lines or one object) and every record
+    is validated (``output`` optional); anything else is plain text, one instruction per non-blank
+    line. Raises DataError("FILE: where: problem") for invalid JSON or records.
+    """
+    from .jsonio import first_char, iter_json_text, text_first_char
+
+    name = "<stdin>" if path == "-" else path
+    kind = text_first_char(stdin_text or "") if path == "-" else first_char(path)
+    if kind in ("[", "{"):
+        values = iter_json_text(stdin_text, name) if path == "-" else iter_json(path)
+        records = []
+        try:
+            for where, value in values:
+                problem = record_problem(value, require_output=False)
+                if problem:
+                    raise DataError(f"{name}: {where}: {problem}")
+                records.append(normalize(value))
+        except DataError as e:
+            raise DataError(f"{e} (a request file holds JSON records, or plain text with one instruction per line; "
+                            f"text starting with '{kind}' is read as JSON)") from e
+        return records
+    if path == "-":
+        text = stdin_text or ""
+    else:
+        from .jsonio import open_text
+
+        with open_text(path) as f:
+            text = f.read()
+    return [{"instruction": line.strip(), "input": ""} for line in text.splitlines() if line.strip()]

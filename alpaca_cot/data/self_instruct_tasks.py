@@ -17,14 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .loading import read_json_records
 from .rouge import RougeIndex, tokens
 from .schema import DataError, record_problem
-
-if TYPE_CHECKING:
-    from .self_instruct import SelfInstructConfig
 
 FILTERS = ("malformed", "empty", "too_short", "too_long", "blocked_word", "duplicate", "near_duplicate")
 
@@ -208,10 +205,23 @@ def length(text: str) -> int:
     return len(tokens(text))
 
 
+class FilterSettings(Protocol):
+    """What ``TaskFilter`` reads from its settings (``self_instruct.SelfInstructConfig`` has these fields;
+    naming them here keeps the import one-way: ``self_instruct`` uses this module, not the reverse)."""
+
+    lang: str
+    blocked_words: list[str] | None
+    similarity_threshold: float
+    min_instruction_len: int
+    max_instruction_len: int
+    max_input_len: int
+    max_output_len: int
+
+
 class TaskFilter:
     """Decides, task by task, whether a parsed task is kept; kept instructions join the index."""
 
-    def __init__(self, config: SelfInstructConfig, known_instructions: list[str]):
+    def __init__(self, config: FilterSettings, known_instructions: list[str]):
         self.config = config
         words = BLOCKED_WORDS[config.lang] if config.blocked_words is None else config.blocked_words
         self.blocked = blocked_word_pattern(words)

@@ -18,7 +18,9 @@ several rows (``grouped=True``) receive the whole ``(where, raw)`` stream and yi
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +43,68 @@ class BadRecord(Exception):
     """A malformed raw record; the message says what is wrong (the driver adds file and line)."""
 
 
+# ---------------------------------------------------------------- escapes left in source text
+#
+# Some sources store text escaped once more than JSON needs: FLAN's chain-of-thought TSV files
+# write line breaks as the two characters backslash-n, scraped web text keeps HTML entities
+# (&amp; &lt; &#39;), and files written through two JSON encoders hold "\u4e2d" instead of the
+# character. A converter names the escapes its source is known to use (``unescape=`` when it is
+# registered); ``--unescape`` on data/convert.py adds more for any format. Whatever is left is
+# counted per kind in the ConversionReport, so a source with escapes nobody decoded shows up in
+# the summary instead of training as literal backslashes.
+
+ESCAPES = {
+    "backslash": re.compile(r"(?<!\\)\\[ntr]"),           # \n \t \r written as two characters
+    "html": re.compile(r"&(?:amp|lt|gt|quot|apos|nbsp|#\d{1,6}|#x[0-9a-fA-F]{1,6});"),
+    "unicode": re.compile(r"(?<!\\)\\u[0-9a-fA-F]{4}"),    # \u4e2d written as six characters
+}
+_BACKSLASH = {"n": "\n", "t": "\t", "r": "\r"}
+TEXT_KEYS = ("instruction", "input", "output", "system", "chosen", "rejected")
+
+
+def unescape(text: str, kinds) -> str:
+    """``text`` with the escapes of ``kinds`` (keys of ``ESCAPES``) decoded.
+
+    backslash: ``\\n``/``\\t``/``\\r`` (not preceded by another backslash) become the control
+    character; html: entities through ``html.unescape``; unicode: ``\\uXXXX`` becomes the character
+    (surrogate pairs joined).
+    """
+    if "unicode" in kinds and "\\u" in text:
+        text = ESCAPES["unicode"].sub(lambda m: chr(int(m.group()[2:], 16)), text)
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if "backslash" in kinds and "\\" in text:
+        text = ESCAPES["backslash"].sub(lambda m: _BACKSLASH[m.group()[1]], text)
+    if "html" in kinds and "&" in text:
+        text = html.unescape(text)
+    return text
+
+
+def _texts(record: dict):
+    for key in TEXT_KEYS:
+        if isinstance(record.get(key), str):
+            yield record[key]
+    for turn in record.get("history") or []:
+        yield from (t for t in turn if isinstance(t, str))
+
+
+def unescape_record(record: dict, kinds) -> dict:
+    """A record with ``unescape`` applied to every text field (history turns included)."""
+    if not kinds:
+        return record
+    out = dict(record)
+    for key in TEXT_KEYS:
+        if isinstance(out.get(key), str):
+            out[key] = unescape(out[key], kinds)
+    if out.get("history"):
+        out["history"] = [[unescape(t, kinds) if isinstance(t, str) else t for t in turn] for turn in out["history"]]
+    return out
+
+
+def escapes_left(record: dict) -> list[str]:
+    """The kinds of ``ESCAPES`` still present somewhere in the record's text."""
+    return [kind for kind, pattern in ESCAPES.items() if any(pattern.search(t) for t in _texts(record))]
+
+
 @dataclass(frozen=True)
 class ConvertContext:
     """What a converter may depend on besides the record: the seed (template choice) and source."""
@@ -56,6 +120,7 @@ class Converter:
     grouped: bool = False  # fn(rows, ctx) over the whole (where, raw) stream
     header: bool = True    # CSV/TSV sources start with a header row
     kind: str = "instruction"  # or "pairs": preference pairs (chosen/rejected), validated as such
+    unescape: tuple[str, ...] = ()  # escapes the source is known to use (keys of ESCAPES), decoded
 
     def problem(self, record) -> str | None:
         return preference_problem(record) if self.kind == "pairs" else record_problem(record)
@@ -72,7 +137,8 @@ class Converter:
 CONVERTERS: dict[str, Converter] = {}
 
 
-def register_converter(name: str, *, grouped: bool = False, header: bool = True, kind: str = "instruction"):
+def register_converter(name: str, *, grouped: bool = False, header: bool = True, kind: str = "instruction",
+                       unescape: tuple[str, ...] = ()):
     """Decorator registering ``fn`` as the converter for source format ``name`` (no duplicates).
 
     ``kind`` "pairs" marks a converter of preference pairs (``chosen``/``rejected`` instead of ``output``).
@@ -82,7 +148,9 @@ def register_converter(name: str, *, grouped: bool = False, header: bool = True,
             raise ValueError(f"converter {name!r} is already registered")
         if not (fn.__doc__ or "").strip():
             raise ValueError(f"converter {name!r} needs a docstring stating its raw schema")
-        CONVERTERS[name] = Converter(name, fn, grouped=grouped, header=header, kind=kind)
+        if set(unescape) - set(ESCAPES):
+            raise ValueError(f"converter {name!r}: unknown escapes {sorted(set(unescape) - set(ESCAPES))}")
+        CONVERTERS[name] = Converter(name, fn, grouped=grouped, header=header, kind=kind, unescape=tuple(unescape))
         return fn
     return wrap
 
@@ -197,6 +265,8 @@ class ConversionReport:
     written: int = 0
     skipped: Counter = field(default_factory=Counter)
     invalid: list[str] = field(default_factory=list)  # with skip_invalid: the messages
+    escapes: Counter = field(default_factory=Counter)  # records still holding each kind of ESCAPES
+    unescaped: tuple[str, ...] = ()                    # the kinds that were decoded
 
     def summary(self, verb: str = "wrote") -> str:
         lines = [f"read {self.read} raw records, {verb} {self.written} records, "
@@ -205,7 +275,16 @@ class ConversionReport:
             lines.append(f"  skipped {n}: {reason}")
         if self.invalid:
             lines.append(f"  skipped {len(self.invalid)} invalid (first: {self.invalid[0]})")
+        if self.unescaped:
+            lines.append(f"  decoded escapes: {', '.join(self.unescaped)}")
+        for kind, n in sorted(self.escapes.items()):
+            lines.append(f"  warning: {n} records still contain {kind} escapes ({ESCAPE_EXAMPLES[kind]}); "
+                         f"if the source escapes its text, add --unescape {kind}")
         return "\n".join(lines)
+
+
+ESCAPE_EXAMPLES = {"backslash": "a literal \\n or \\t", "html": "an entity such as &amp; or &#39;",
+                   "unicode": "a literal \\uXXXX"}
 
 
 def canonical(record: dict, source: str) -> dict:
@@ -245,17 +324,32 @@ def _outputs(conv: Converter, stream: Iterator[tuple[str, object]], ctx: Convert
             yield where, e
 
 
+def file_stem(path: str | os.PathLike) -> str:
+    """``x/aqua_train.tsv.gz`` -> ``aqua_train``: the file name without its data suffixes."""
+    name = os.path.basename(str(path))
+    for suffix in (".gz", ".jsonl", ".ndjson", ".json", ".tsv", ".csv"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def convert_files(fmt: str, paths: Iterable[str | os.PathLike], *, source: str | None = None,
-                  seed: int = 42, skip_invalid: bool = False,
-                  report: ConversionReport | None = None) -> Iterator[dict]:
+                  dataset: str | None = None, seed: int = 42, skip_invalid: bool = False,
+                  report: ConversionReport | None = None, unescape: Iterable[str] = ()) -> Iterator[dict]:
     """Convert raw files of source format ``fmt`` to unified records, lazily.
 
-    A malformed record raises DataError("FILE: line n: problem"); with ``skip_invalid`` it
-    is recorded in ``report.invalid`` instead. ``source`` defaults to the format name.
+    Every record's ``source`` is ``source`` when given, else ``DATASET/FILE`` (``dataset``, default
+    the format name, and the input file's name without suffixes: ``flan_cot/aqua_train``), unless
+    the raw record carries its own. The converter's known escapes plus ``unescape`` (keys of
+    ``ESCAPES``) are decoded in every text field; escapes left are counted in ``report.escapes``.
+    A malformed record raises DataError("FILE: line n: problem"); with ``skip_invalid`` it is
+    recorded in ``report.invalid`` instead.
     """
     conv = get_converter(fmt)
+    kinds = tuple(dict.fromkeys((*conv.unescape, *unescape)))
+    if set(kinds) - set(ESCAPES):
+        raise DataError(f"unknown escape kind(s) {sorted(set(kinds) - set(ESCAPES))}; known: {', '.join(ESCAPES)}")
     report = report if report is not None else ConversionReport()
-    ctx = ConvertContext(seed=seed, source=source or fmt)
+    report.unescaped = kinds
 
     def counted(path):
         for pair in read_raw(path, header=conv.header):
@@ -263,10 +357,13 @@ def convert_files(fmt: str, paths: Iterable[str | os.PathLike], *, source: str |
             yield pair
 
     for path in paths:
+        ctx = ConvertContext(seed=seed, source=source or f"{dataset or fmt}/{file_stem(path)}")
         for where, item in _outputs(conv, counted(path), ctx):
             if isinstance(item, Skip):
                 report.skipped[item.reason] += 1
                 continue
+            if not isinstance(item, BadRecord):
+                item = unescape_record(item, kinds)
             problem = str(item) if isinstance(item, BadRecord) else conv.problem(item)
             if problem:
                 message = f"{path}: {where}: {problem}"
@@ -274,5 +371,6 @@ def convert_files(fmt: str, paths: Iterable[str | os.PathLike], *, source: str |
                     raise DataError(message + " (use --skip_invalid to skip such records)")
                 report.invalid.append(message)
                 continue
+            report.escapes.update(escapes_left(item))
             report.written += 1
             yield canonical_pair(item, ctx.source) if conv.kind == "pairs" else canonical(item, ctx.source)

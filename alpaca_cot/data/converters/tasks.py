@@ -33,14 +33,15 @@ def cot_template(question: str, seed: int) -> tuple[str, str]:
     return COT_TEMPLATES[random.Random(f"{seed}\0{question}").randrange(len(COT_TEMPLATES))]
 
 
-@register_converter("flan_cot", header=False)
+@register_converter("flan_cot", header=False, unescape=("backslash",))
 def flan_cot(row, ctx):
     """FLAN chain-of-thought TSV rows without a header: question <TAB> answer <TAB> rationale.
 
     (The files of FLAN's cot/ folder, e.g. gsm8k_train.tsv, as the original's
     data/origin_cot_data.) Each row is rendered through one of ``COT_TEMPLATES``, picked
     deterministically from ``--seed`` and the question. JSON rows {"question", "answer",
-    "rationale"} are accepted too.
+    "rationale"} are accepted too. The TSV files write line breaks inside a field (an options
+    list, a multi-line rationale) as the two characters backslash-n; they become line breaks.
     """
     if isinstance(row, dict):
         question, answer, rationale = (text(row, k) for k in ("question", "answer", "rationale"))
