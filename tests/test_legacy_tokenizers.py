@@ -167,6 +167,18 @@ def test_saved_tokenizer_loads_with_auto_tokenizer(family, built, tmp_path):
         (built[family].eos_token_id, built[family].pad_token_id, built[family].padding_side)
 
 
+def test_baichuan_with_other_role_ids_warns(folders, tmp_path, caplog):
+    import shutil
+
+    from alpaca_cot.legacy.tokenizers import build
+
+    folder = shutil.copytree(folders["baichuan"], tmp_path / "baichuan")
+    (folder / "generation_config.json").write_text('{"user_token_id": 101, "assistant_token_id": 102}')
+    with caplog.at_level("WARNING"):
+        build("baichuan", folder, {})
+    assert "the baichuan template uses (195, 196)" in caplog.text
+
+
 def test_folder_without_vocabulary_gives_none_and_unknown_family_fails(tmp_path):
     from alpaca_cot.legacy.tokenizers import build
 

@@ -270,7 +270,19 @@ def _build_llama_like(folder: Path, defaults: dict, wraps: bool, add_bos: bool):
 
 
 def build_baichuan(folder: Path, config: dict):
-    """Baichuan / Baichuan2 from ``tokenizer.model`` (their ``tokenization_baichuan.py``)."""
+    """Baichuan / Baichuan2 from ``tokenizer.model`` (their ``tokenization_baichuan.py``).
+
+    The ``baichuan`` template puts the user/assistant ids 195/196 of every published Baichuan chat
+    model's ``generation_config.json``; a folder naming others gets a warning saying so."""
+    from ..family_templates import BAICHUAN_ASSISTANT_ID, BAICHUAN_USER_ID
+
+    generation = _read_json(folder / "generation_config.json")
+    ids = (generation.get("user_token_id", BAICHUAN_USER_ID),
+           generation.get("assistant_token_id", BAICHUAN_ASSISTANT_ID))
+    if ids != (BAICHUAN_USER_ID, BAICHUAN_ASSISTANT_ID):
+        logger.warning("%s: user/assistant token ids %s, but the baichuan template uses %s: its prompts will not "
+                       "match this checkpoint's chat format", folder / "generation_config.json", ids,
+                       (BAICHUAN_USER_ID, BAICHUAN_ASSISTANT_ID))
     return _build_llama_like(folder, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
                              wraps=True, add_bos=True)
 
