@@ -120,7 +120,10 @@ class Engine:
         """Yield a reply's pieces; waits its turn first.
 
         ``stats`` gets ``finish_reason``, ``text`` (the reply as sent) and ``token_ids`` (the reply's
-        tokens; re-tokenized from the text when a request stop string cut it).
+        tokens; re-tokenized from the text when a request stop string cut it). Without the template
+        (completions) a reply that ended with the end-of-sequence token keeps it in ``token_ids``, as
+        OpenAI-style servers do: a client scoring ``echo`` + ``max_tokens: 1`` (lm-eval) drops the
+        last token as the generated one, which would otherwise be the prompt's own last token.
         """
         batched = self.server is not None and supports_refill(self.generator.model, kwargs)
         async with contextlib.nullcontext() if batched else self.lock:
@@ -143,6 +146,9 @@ class Engine:
                 stats["token_ids"] = self._kept_tokens(inner["token_ids"], text, use_template)
             else:
                 stats["token_ids"] = self.generator.tokenizer(text, add_special_tokens=False)["input_ids"]
+            eos = self.generator.tokenizer.eos_token_id
+            if not use_template and stats["finish_reason"] == "stop" and not stats.get("cut") and eos is not None:
+                stats["token_ids"].append(eos)  # no stop strings without the template: it stopped at EOS
 
     def _kept_tokens(self, ids: list[int], text: str, use_template: bool) -> list[int]:
         """The first tokens of ``ids`` that make up ``text`` (the template's stop string and what

@@ -357,3 +357,30 @@ def test_the_openai_client_drives_every_route(api):
     scored = client.completions.create(model="out", prompt="Hello there", max_tokens=0, echo=True, logprobs=1)
     assert scored.choices[0].text == "Hello there" and scored.choices[0].logprobs.token_logprobs[0] is None
     assert [m.id for m in client.models.list().data] == ["out"]
+
+
+def test_a_completion_that_ends_at_eos_keeps_the_eos_token_for_echo_scoring(served_model, monkeypatch):
+    """lm-eval asks echo + max_tokens 1 and drops the last token as the generated one: when the model's
+    next token is EOS (a fine-tune that answers "B" and stops), EOS must be that last token."""
+    from fastapi.testclient import TestClient
+
+    from alpaca_cot.api import create_app
+    from alpaca_cot.cli_args import GenerationArguments
+
+    generator, _ = served_model
+
+    def ends_at_once(record, kwargs, stats=None, stop=None, server=None, seed=None, prompt=None, use_template=True):
+        stats.update(prompt_tokens=len(prompt), completion_tokens=0, token_ids=[], finish_reason="stop")
+        yield from ()  # EOS first: no text
+
+    monkeypatch.setattr(generator, "stream", ends_at_once)
+    client = TestClient(create_app(generator, GenerationArguments(), "m", max_batch_size=1))
+    text = "The cat sat on the mat."
+    body = client.post("/v1/completions", json={"prompt": text, "max_tokens": 1, "echo": True, "logprobs": 1}).json()
+    lp = body["choices"][0]["logprobs"]
+    ids = generator.tokenizer(text)["input_ids"] + [generator.tokenizer.eos_token_id]
+    expected, _ = direct_logprobs(generator.model, ids)
+    assert body["choices"][0]["text"] == text and lp["tokens"][-1] == generator.tokenizer.eos_token
+    assert len(lp["token_logprobs"]) == len(ids)
+    assert max(abs(a - b) for a, b in zip(lp["token_logprobs"][1:], expected)) < 1e-4
+    assert body["usage"]["completion_tokens"] == 1
