@@ -33,6 +33,7 @@ def contamination(config: dict, cells, out: Path) -> list[dict]:
     """Per evaluation set and distinct training data: how many items share an n-gram with it (cached)."""
     from .data.loading import load_data
     from .data.overlap import CHAR_N, WORD_N, check_overlap, decontaminate, item_text, record_text
+    from .evaluation.readers import language
     from .manifest import digests
 
     setting = config.get("contamination", True)
@@ -58,7 +59,7 @@ def contamination(config: dict, cells, out: Path) -> list[dict]:
     for name, flags in config["evaluate"].items():
         specs = _as_list(flags.get("data"), ["demo_test"])
         for training in trainings.values():
-            key = content_key(specs, flags.get("max_samples", 0), training["data"], training["decontaminate"],
+            key = content_key(2, specs, flags.get("max_samples", 0), training["data"], training["decontaminate"],
                               training["decontaminate_ngrams"], word_n, char_n,
                               digests(specs + training["data"] + training["decontaminate"]))
             if key not in cache:
@@ -70,6 +71,11 @@ def contamination(config: dict, cells, out: Path) -> list[dict]:
                                          texts=[item_text(i) for i in items])
                 for example in summary["examples"]:
                     example["training_text"] = record_text(records[example["training_record"]])[:160]
+                by_language: dict[str, int] = {}  # English 13-grams and Chinese 8-grams find different things
+                for index in report.hits:
+                    lang = language(item_text(items[index]))
+                    by_language[lang] = by_language.get(lang, 0) + 1
+                summary["overlapping_by_language"] = by_language
                 cache[key] = summary
                 logger.info("contamination: %s vs %s: %d of %d items share an n-gram", name,
                             " ".join(training["data"]), summary["overlapping"], summary["items"])

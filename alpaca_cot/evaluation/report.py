@@ -75,7 +75,7 @@ def _caption(config: dict, metrics, reference: str, alpha: float) -> list[str]:
 
 
 def _main_table(config: dict, cells: list[dict], metrics, alpha: float) -> list[str]:
-    axes = list(config["grid"])
+    axes = list(config["grid"]) if len(config["grid"]) > 1 else []  # one axis: its labels are the cell names
     shown = [m for m in metrics if "/" not in m[0]]
     header = ["cell", *axes]
     for _, title, _, lower in shown:
@@ -171,9 +171,10 @@ def _contamination(results: list[dict]) -> list[str]:
     for r in results:
         data = " ".join(r["training_data"]) + (f" minus overlap with {' '.join(r['decontaminated_with'])}"
                                                if r["decontaminated_with"] else "")
+        by_language = "".join(f"; {lang} {n}" for lang, n in sorted((r.get("overlapping_by_language") or {}).items()))
         lines.append(f"| {r['evaluation']} | {data} ({', '.join(r['cells'])}) | {r['items']} | {r['overlapping']} "
-                     f"({100 * r['overlapping'] / max(r['items'], 1):.0f}%) | {r['exact_duplicates']} | {r['too_short']} "
-                     f"| {r['training_records_overlapping']} of {r['training_records']} |")
+                     f"({100 * r['overlapping'] / max(r['items'], 1):.0f}%{by_language}) | {r['exact_duplicates']} | "
+                     f"{r['too_short']} | {r['training_records_overlapping']} of {r['training_records']} |")
     examples = [(r, e) for r in results for e in r["examples"][:1]]
     if examples:
         lines += ["", "Examples (item, the shared n-gram, the training record):", ""]
