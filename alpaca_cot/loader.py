@@ -60,6 +60,8 @@ def resolve_spec(model_type: str | None, model_name_or_path: str | None,
     path = native_checkpoint(resolve_model_path(model_name_or_path, spec), model_type)
     if spec is None:
         spec = get_spec(_detect_family(path, trust_remote_code))
+    if not trust_remote_code:
+        _refuse_custom_code(path)
     if trust_remote_code and not spec.trust_remote_code:
         spec = replace(spec, trust_remote_code=True)
     return spec, path
@@ -90,6 +92,21 @@ def native_checkpoint(path: str, model_type: str | None = None) -> str:
         return path
     converted = cached_conversion(local, family)
     return str(converted) if converted is not None else local
+
+
+def _refuse_custom_code(path: str) -> None:
+    """Refuse a local checkpoint that can only load by running its own code (``auto_map`` for a model
+    type transformers does not know), unless --trust_remote_code was given."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from .legacy.convert import read_config
+
+    config = read_config(path) if os.path.isdir(path) else None
+    if config and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        files = sorted({v.split(".")[0] + ".py" for v in config["auto_map"].values() if isinstance(v, str)})
+        raise ValueError(f"{path} ships its own modeling code ({', '.join(files)}, model_type "
+                         f"{config.get('model_type')!r}) and no registry family covers it: read that code, then pass "
+                         "--trust_remote_code to run it (it runs with your permissions)")
 
 
 def _detect_family(path: str, trust_remote_code: bool) -> str:

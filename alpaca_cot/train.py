@@ -321,8 +321,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     params = method_params(peft_args)
     output_dir = ft_args.output_dir or default_output_dir(model_args, data_args, peft_args, ft_args)
     checkpoint = resolve_checkpoint(ft_args.resume_from_checkpoint, output_dir)
-    spec, model_path = resolve_spec(model_args.model_type, model_args.model_name_or_path,
-                                    model_args.trust_remote_code)
+    try:
+        spec, model_path = resolve_spec(model_args.model_type, model_args.model_name_or_path,
+                                        model_args.trust_remote_code)
+    except ValueError as e:  # custom code without --trust_remote_code, an unreadable or unconvertible checkpoint
+        raise ConfigError(str(e)) from e
     template = get_template(model_args.template or spec.template)
 
     tokenizer, train_set, val_set, report = prepare_data(data_args, ft_args.seed, model_path, spec, template)

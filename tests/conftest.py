@@ -4,7 +4,9 @@ Everything runs offline: HF_HUB_OFFLINE is forced before transformers is importe
 """
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -14,12 +16,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import pytest  # noqa: E402
 
+from alpaca_cot.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_home, resolve_embedded  # noqa: E402
+
+# Tests never write into the user's cache ($ALPACA_COT_HOME): they get a session home whose models/
+# links the embedded models, which are converted once into the real cache (worth keeping there), and
+# which receives everything else (converted legacy checkpoints, tokenization caches).
+REAL_HOME = cache_home()
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="alpaca_cot-tests-"))
+(SESSION_HOME / "models").mkdir()
+os.environ["ALPACA_COT_HOME"] = str(SESSION_HOME)
+
+
+def _link_embedded(name: str) -> str:
+    """The session home's link to embedded model ``name``, converting it into the real cache first if needed."""
+    link = SESSION_HOME / "models" / name
+    if not link.exists():
+        os.environ["ALPACA_COT_HOME"] = str(REAL_HOME)
+        try:
+            real = resolve_embedded(name)
+        finally:
+            os.environ["ALPACA_COT_HOME"] = str(SESSION_HOME)
+        link.symlink_to(real, target_is_directory=True)
+    return str(link)
+
+
+for _name in EMBEDDED_MODELS:
+    if (REAL_HOME / "models" / _name / "config.json").exists():
+        _link_embedded(_name)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)  # links are removed, not what they point at
+
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
-    from alpaca_cot.embedded import DEFAULT_MODEL, resolve_embedded
-
-    return resolve_embedded(DEFAULT_MODEL)
+    return _link_embedded(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="session")

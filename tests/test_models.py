@@ -31,7 +31,7 @@ def test_family_trains_a_step_with_lora_on_its_default_targets(family, tiny_mode
     folder = tiny_model_factory(family)
     out = tmp_path / "out"
     metrics = run(ModelArguments(model_type=family, model_name_or_path=folder),
-                  DataArguments(data=[toy_data], cutoff_len=256), PeftArguments(),
+                  DataArguments(data=[toy_data], cutoff_len=1024), PeftArguments(),
                   FinetuneArguments(output_dir=str(out), max_steps=1, per_gpu_train_batch_size=2, save_steps=10))
     assert math.isfinite(metrics["train_loss"]) and metrics["global_step"] == 1
     meta = json.loads((out / "alpaca_cot.json").read_text())

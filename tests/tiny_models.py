@@ -1,7 +1,8 @@
 """Tiny random models of every registry family, built from configs, with the real tokenizer.
 
-Native families use their transformers config classes; remote-code families use the local
-fixtures of ``tests/remote_models.py``.
+Native families use their transformers config classes; the original's older families are
+checkpoints in their published (legacy) layout with a small vocabulary of their own
+(``tests/legacy_checkpoints.py``), converted by the scripts like a user's download.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from remote_models import REMOTE_FAMILIES, build_remote_model
+from legacy_checkpoints import LEGACY_FAMILIES, build_legacy_checkpoint
 
 
 def _native_config(family: str, vocab_size: int, hidden: int, tokenizer, init_std: float = 0.02):
@@ -34,7 +35,7 @@ def _native_config(family: str, vocab_size: int, hidden: int, tokenizer, init_st
 
 
 NATIVE_FAMILIES = ("llama", "bloom", "qwen2", "gemma3")
-ALL_FAMILIES = NATIVE_FAMILIES + tuple(REMOTE_FAMILIES)
+ALL_FAMILIES = NATIVE_FAMILIES + LEGACY_FAMILIES
 
 
 def build_tiny_model(family: str, folder: Path, tokenizer, hidden: int = 32, seed: int = 0,
@@ -44,8 +45,8 @@ def build_tiny_model(family: str, folder: Path, tokenizer, hidden: int = 32, see
     ``init_std`` > 0.02 gives embeddings large enough for confident logits, which a LoRA-only
     fine-tune of such a small model needs to learn a sharp distribution (e.g. to emit EOS).
     """
-    if family in REMOTE_FAMILIES:
-        return build_remote_model(family, folder, tokenizer=tokenizer, seed=seed)
+    if family in LEGACY_FAMILIES:  # their own vocabulary; ``tokenizer`` and ``hidden`` do not apply
+        return str(build_legacy_checkpoint(family, Path(folder) / family, seed=seed))
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
