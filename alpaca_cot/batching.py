@@ -79,7 +79,8 @@ def refill_blocker(model, gen_kwargs: dict) -> str | None:
         return f"{kind} adapters are not implemented"
     core = _core_model(model)
     if not type(core).__module__.startswith("transformers.") or core.config.is_encoder_decoder:
-        return "remote-code and encoder-decoder models bring their own cache handling"
+        return ("models outside transformers (remote code; our ChatGLM-6B and ALiBi Baichuan modules) and "
+                "encoder-decoder models bring their own cache and position handling")
     if not getattr(core, "_supports_default_dynamic_cache", lambda: False)():
         return f"{type(core).__name__} does not use a plain DynamicCache"
     if getattr(core.config, "attention_chunk_size", None) or (
