@@ -43,20 +43,24 @@ class BudgetError(ValueError):
 def token_counts(dataset) -> tuple[np.ndarray, np.ndarray]:
     """``(supervised, input)`` token counts per sample of a tokenized dataset (``labels``, ``input_ids``).
 
-    Computed on the Arrow columns without a Python loop over samples.
+    Computed on the Arrow columns without a Python loop over samples, ``COUNT_BATCH`` rows at a time:
+    flattening a million samples' labels at once held about 5 GB (215M tokens, measured).
     """
     import pyarrow.compute as pc
 
-    table = dataset.with_format("arrow")[:]
-    n = table.num_rows
-    if n == 0:
+    if len(dataset) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    labels = table.column("labels").combine_chunks()
-    parents = pc.list_parent_indices(labels).to_numpy()
-    keep = pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX).to_numpy(zero_copy_only=False)
-    supervised = np.bincount(parents[keep], minlength=n).astype(np.int64)
-    inputs = pc.list_value_length(table.column("input_ids").combine_chunks()).to_numpy().astype(np.int64)
-    return supervised, inputs
+    supervised, inputs = [], []
+    for table in dataset.select_columns(["input_ids", "labels"]).with_format("arrow").iter(batch_size=COUNT_BATCH):
+        labels = table.column("labels").combine_chunks()
+        parents = pc.list_parent_indices(labels).to_numpy()
+        keep = pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX).to_numpy(zero_copy_only=False)
+        supervised.append(np.bincount(parents[keep], minlength=table.num_rows))
+        inputs.append(pc.list_value_length(table.column("input_ids").combine_chunks()).to_numpy())
+    return np.concatenate(supervised).astype(np.int64), np.concatenate(inputs).astype(np.int64)
+
+
+COUNT_BATCH = 50_000  # rows per pass of token_counts
 
 
 def linear_weights(model) -> int:
