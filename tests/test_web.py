@@ -140,8 +140,10 @@ def test_a_stopped_reply_is_not_sent_back_to_the_model(web_server, browser):
     browser.get(url)
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#message textarea"))
 
-    def texts(driver, who):
-        return [m.text.strip() for m in driver.find_elements(By.CSS_SELECTOR, f"#chatbot [data-testid='{who}']")]
+    def texts(driver, who):  # one script run, no element handles kept (see page_state)
+        return driver.execute_script(
+            "return Array.from(document.querySelectorAll(\"#chatbot [data-testid='\" + arguments[0] + \"']\"))"
+            ".map(m => m.innerText.trim());", who)
 
     # A long message (set in one step rather than typed): its prompt takes the model seconds to
     # read, so Stop lands before any reply text.
@@ -153,11 +155,11 @@ def test_a_stopped_reply_is_not_sent_back_to_the_model(web_server, browser):
     fast.until(lambda d: texts(d, "user"))  # the turn is on the page (and in the page's state)
     browser.find_element(By.ID, "stop").click()
     wait.until(lambda d: any(STOPPED_NOTE in t for t in texts(d, "bot")))
+    wait.until(lambda d: not page_state(d)[0])  # the stopped turn has settled: the page re-renders no more
     box = browser.find_element(By.CSS_SELECTOR, "#message textarea")
     box.send_keys("Name three colours.")
     box.send_keys(Keys.ENTER)
-    wait.until(lambda d: len(texts(d, "user")) == 2 and
-               not d.find_elements(By.CSS_SELECTOR, "#chatbot .generating, #chatbot .pending"))
+    wait.until(lambda d: len(texts(d, "user")) == 2 and not page_state(d)[0])
     wait.until(lambda d: "reply 2:" in log.read_text())
     line = next(line for line in log.read_text().splitlines() if "reply 2:" in line)
     assert "0 earlier turns sent to the model, 1 left out" in line, line
