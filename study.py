@@ -34,7 +34,8 @@ def main(argv=None):
     parser.add_argument("--estimate", action="store_true",
                         help="time a few steps and evaluation items per configuration, print the expected wall time "
                              "and peak memory of what is left to run, run nothing else")
-    parser.add_argument("--cell", help="run only this cell (its name in results.md)")
+    parser.add_argument("--cell", help="run only this cell (its name in results.md), after the cells whose "
+                        "fine-tune it starts from ({cell:NAME} values) where they are not trained yet")
     parser.add_argument("--seed", type=int, help="with --cell: only this seed")
     args = parser.parse_args(argv)
     if args.seed is not None and args.cell is None:

@@ -249,11 +249,37 @@ def train_flags(config: dict, run: Run) -> dict:
     return flags
 
 
-def waiting_for(config: dict, run: Run) -> list[str]:
-    """The cells whose fine-tune (at this seed) a run starts from ("{cell:NAME}") and that are not trained yet."""
-    flags = {**(config.get("train") or {}), **run.cell.flags}
-    names = [m.group(1) for v in flags.values() if isinstance(v, str) for m in [CELL_REF.fullmatch(v)] if m]
-    return [n for n in names if _trained(run.cell.folder.parent / n / f"seed{run.seed}" / "train") is None]
+def in_dependency_order(config: dict, cells: list, wanted: set[str]) -> list:
+    """The ``wanted`` cells and every cell whose fine-tune they start from ("{cell:NAME}"), each after
+    the cells it starts from, otherwise in the study file's order.
+
+    Raises:
+        StudyError: a ``{cell:NAME}`` that names no cell, or cells that start from each other in a circle.
+    """
+    by_name = {c.name: c for c in cells}
+    starts_from = {}
+    for c in cells:
+        flags = {**(config.get("train") or {}), **c.flags}
+        refs = [m.group(1) for v in flags.values() if isinstance(v, str) for m in [CELL_REF.fullmatch(v)] if m]
+        for ref in refs:
+            if ref not in by_name:
+                raise StudyError(f"cell {c.name}: {{cell:{ref}}} names no cell; cells: {', '.join(by_name)}")
+        starts_from[c.name] = refs
+    order, placed = [], set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise StudyError(f"cells start from each other's fine-tunes in a circle: {' -> '.join(path + [name])}")
+        if name not in placed:
+            for ref in starts_from[name]:
+                visit(ref, path + [name])
+            placed.add(name)
+            order.append(by_name[name])
+
+    for c in cells:
+        if c.name in wanted:
+            visit(c.name, [])
+    return order
 
 
 def eval_flags(config: dict, run: Run, name: str) -> dict:
@@ -462,6 +488,8 @@ def run_study(path: str, overrides: list[str] = (), smoke: bool = False, report_
     except ValueError as e:
         raise StudyError(str(e)) from e
     _check_flags(config, cells)
+    # --cell NAME also runs (or finds finished) the cells NAME starts from, first
+    chosen = in_dependency_order(config, cells, {c.name for c in cells} if cell is None else {cell})
     if dry_run:
         for c in cells:
             print(f"{c.name}: {json.dumps(c.flags, ensure_ascii=False)}")
@@ -470,7 +498,6 @@ def run_study(path: str, overrides: list[str] = (), smoke: bool = False, report_
     (out / "study.resolved.json").write_text(json.dumps(config, indent=1, ensure_ascii=False, default=str))
     command = "python study.py " + path + (" --smoke" if smoke else "") + "".join(
         f" --set {o}" for o in overrides if not o.startswith("output_dir="))
-    chosen = [c for c in cells if cell is None or c.name == cell]
     context = {"reference": reference, "matched": matched, "contamination": [], "command": command}
     if not report_only:
         context["contamination"] = contamination(config, cells, out)

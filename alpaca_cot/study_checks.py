@@ -127,7 +127,7 @@ def study_estimate(config: dict, plan: list, out: Path, extra_runs: dict) -> dic
         extra_runs: ``{cell name: (a Run of that cell, count)}``: runs not planned yet (the seeds
             after a learning-rate search), estimated like the given run.
     """
-    from .study import _done, train_flags, waiting_for
+    from .study import _done
 
     path = out / "estimate.json"
     cache = cost.load_cache(path)
@@ -138,11 +138,7 @@ def study_estimate(config: dict, plan: list, out: Path, extra_runs: dict) -> dic
                                                   for name, (run, n) in extra_runs.items()]
     for run, count, run_id in items:
         trained, evaluated = _done(config, run)
-        needs = [] if trained or run.cell.baseline else waiting_for(config, run)
-        if needs:  # it starts from another cell's fine-tune ("{cell:NAME}"), which must exist to be timed
-            rows[run_id] = {"train_s": None, "eval_s": None, "done": False, "after": needs}
-            continue
-        train_key = None if run.cell.baseline else cost.config_key(train_flags(config, run))
+        train_key = None if run.cell.baseline else cost.config_key(timing_flags(config, run))
         eval_key = _eval_key(config, run, train_key)
         if not (trained and evaluated) and (eval_key not in cache["eval"] or (
                 not trained and train_key not in cache["train"])):
@@ -170,18 +166,33 @@ def study_estimate(config: dict, plan: list, out: Path, extra_runs: dict) -> dic
             "probe_s": cache.get("probe_s", 0.0)}
 
 
+def timing_flags(config: dict, run) -> dict:
+    """A run's training flags for timing it: those naming another cell's fine-tune ("{cell:NAME}", e.g.
+    DPO from an SFT cell's adapter) left out.
+
+    Such a run is timed on a fresh adapter of its own settings: a step costs the same whatever
+    weights it starts from, so the estimate covers it before that cell is trained (and one probe
+    serves every run that differs only in its starting adapter).
+    """
+    from .study import CELL_REF, train_flags
+
+    given = {**(config.get("train") or {}), **run.cell.flags}
+    refs = {k for k, v in given.items() if isinstance(v, str) and CELL_REF.fullmatch(v)}
+    return {k: v for k, v in train_flags(config, run).items() if k not in refs}
+
+
 def _probe(config: dict, run, out: Path, cache: dict, train_key: str | None, eval_key: str) -> None:
     import shutil
     import time
 
-    from .study import MODEL_FLAGS, eval_flags, train_flags
+    from .study import MODEL_FLAGS, eval_flags
 
     started = time.perf_counter()
     folder = out / ".estimate" / (train_key or eval_key)
     lora_dir, model = None, {k: v for k, v in run.cell.flags.items() if k in MODEL_FLAGS}
     if train_key is not None:
         logger.info("estimate: timing %d steps of %s", cost.PROBE_STEPS, run.id)
-        cache["train"][train_key] = cost.probe_train(train_flags(config, run), folder / "train")
+        cache["train"][train_key] = cost.probe_train(timing_flags(config, run), folder / "train")
         lora_dir, model = str(folder / "train"), {}
     if config.get("evaluate"):
         evals = {n: {k: v for k, v in eval_flags(config, run, n).items() if k not in ("output_dir", "lora_dir")}
@@ -199,8 +210,7 @@ def format_estimate(est: dict) -> str:
              f"  {'run':<40} {'train':>9} {'eval':>9}"]
     for run_id, row in est["runs"].items():
         if row.get("train_s") is None:
-            state = f"timed once {', '.join(row['after'])} is trained" if row.get("after") else "done"
-            lines.append(f"  {run_id:<40} {state:>9}")
+            lines.append(f"  {run_id:<40} {'done':>9}")
             continue
         times = f"{cost.minutes(row['train_s']):>9} {cost.minutes(row['eval_s']):>9}"
         count = f" x {row['count']}" if row.get("count", 1) > 1 else ""

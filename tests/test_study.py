@@ -276,3 +276,50 @@ def test_study_files_shipped_are_valid():
         assert len(config["seeds"]) == 3, f"{name}: three seeds"
         run_study(str(path), dry_run=True)
         run_study(str(path), smoke=True, dry_run=True)
+
+
+def test_a_cell_that_starts_from_another_cells_fine_tune_is_estimated_before_that_cell_exists(tmp_path,
+                                                                                              tiny_llama_dir):
+    """``lora_dir: "{cell:sft}"`` (DPO after SFT, as in studies/preference.yaml): the estimate times the
+    dependent run on a fresh adapter, so the study's total covers it; the run then starts from sft's adapter."""
+    _write_data(tmp_path)
+    pairs = [{"instruction": r["instruction"], "input": "", "chosen": r["output"],
+              "rejected": r["output"].replace("answer is", "answer is 1")} for r in _records(True)]
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    config = {"name": "chain", "output_dir": str(tmp_path / "out"),
+              "grid": {"data": {"sft": {"data": str(tmp_path / "cot.json")},
+                                "further": {"stage": "dpo", "data": str(tmp_path / "pairs.json"),
+                                            "lora_dir": "{cell:sft}"}}},
+              "train": {"model_name_or_path": tiny_llama_dir, "max_steps": 6, "per_gpu_train_batch_size": 2,
+                        "logging_steps": 1, "save_steps": 100, "cutoff_len": 64}}
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_study(str(path), estimate_only=True)
+    runs = json.loads((tmp_path / "out" / "estimate.json").read_text())["runs"]
+    assert set(runs) == {"sft/seed42", "further/seed42"} and all(r["train_s"] > 0 for r in runs.values())
+    assert not (tmp_path / "out" / "cells" / "sft" / "seed42" / "train" / "adapter_model.safetensors").exists()
+    run_study(str(path))
+    from safetensors.torch import load_file
+
+    sft, further = (load_file(tmp_path / "out" / "cells" / c / "seed42" / "train" / "adapter_model.safetensors")
+                    for c in ("sft", "further"))
+    assert set(sft) == set(further) and any(not (sft[k] == further[k]).all() for k in sft)
+    meta = json.loads((tmp_path / "out" / "cells" / "further" / "seed42" / "train" / "alpaca_cot.json").read_text())
+    assert meta["started_from"]["lora_dir"] == str(tmp_path / "out" / "cells" / "sft" / "seed42" / "train")
+    # the dependency ran first although the file lists it second (yaml.safe_dump sorts the cells)
+    assert list(config["grid"]["data"]) == ["sft", "further"] and "further:" in path.read_text().split("sft:")[0]
+
+
+def test_cells_that_name_no_cell_or_start_from_each_other_are_refused(tmp_path, tiny_llama_dir):
+    def study_with(cells: dict) -> str:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({"name": "bad", "output_dir": str(tmp_path / "out"), "grid": {"data": cells},
+                                        "train": {"model_name_or_path": tiny_llama_dir, "max_steps": 1}}))
+        return str(path)
+
+    data = str(tmp_path / "x.json")
+    with pytest.raises(StudyError, match=r"cell b: \{cell:nope\} names no cell; cells: a, b"):
+        run_study(study_with({"a": {"data": data}, "b": {"data": data, "lora_dir": "{cell:nope}"}}), dry_run=True)
+    with pytest.raises(StudyError, match="in a circle: a -> b -> a"):
+        run_study(study_with({"a": {"data": data, "lora_dir": "{cell:b}"}, "b": {"data": data, "lora_dir": "{cell:a}"}}),
+                  dry_run=True)
