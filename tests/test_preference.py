@@ -243,13 +243,17 @@ def test_resume_continues_exactly(tiny_llama_dir, tmp_path):
     ({"stage": "simpo", "peft_type": "prompt"}, "virtual tokens"),
     ({"stage": "dpo", "sft_adapter": "merge"}, "give --lora_dir"),
     ({"stage": "dpo", "packing": True}, "drop --packing"),
+    ({"stage": "dpo", "streaming": True, "mix_weights": [1.0]}, "does not use --mix_weights, --streaming: they "
+                                                                 "belong to the SFT data path"),
+    ({"stage": "kto", "decontaminate": ["demo_test"]}, "does not use --decontaminate"),
 ])
 def test_settings_that_cannot_work_are_refused_before_loading(tmp_path, flags, message):
     flags = dict(flags)
     pref = PreferenceArguments(**{k: flags.pop(k) for k in list(flags) if k in PreferenceArguments.__dataclass_fields__})
     with pytest.raises(ConfigError, match=message):
         finetune(ModelArguments(model_name_or_path=str(tmp_path / "no_model")),
-                 DataArguments(data=["demo_pref:4"], packing=flags.pop("packing", None)),
+                 DataArguments(data=["demo_pref:4"], **{k: flags.pop(k) for k in list(flags)
+                                                          if k in DataArguments.__dataclass_fields__}),
                  PeftArguments(**flags), FinetuneArguments(output_dir=str(tmp_path / "o")), pref)
 
 
