@@ -375,15 +375,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
         data_collator=counter, compute_loss_func=batching.loss_func(),
         callbacks=[InterruptCallback(), LossPlotCallback(output_dir), FiniteGuard(output_dir),
                    *method_callbacks(method, peft_args), counter, *callbacks])
+    counter.trainer = trainer
     if checkpoint:
         import json
 
+        counter.restore(checkpoint, trainer.args.process_index)
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
         logger.info("resuming from %s at step %d (optimizer, scheduler and data position restored)",
                     checkpoint, state["global_step"])
     with interrupt_handler(trainer):
         result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics)
+    # the Trainer's train_loss averages this call's steps only; a resumed run reports its whole mean
+    metrics["train_loss"] = counter.whole_run_loss(metrics.get("train_loss"), trainer.state.global_step)
     if val_set is not None:
         last_eval = [h for h in trainer.state.log_history if "eval_loss" in h]
         if last_eval and last_eval[-1].get("step") == trainer.state.global_step:  # the last step evaluated already

@@ -21,10 +21,10 @@ def _records(long: bool) -> list[dict]:
 
 
 def _train(model_dir, data_file, out, **ft) -> dict:
+    ft = {"logging_steps": 1, "save_steps": 1000, **ft}
     return run(ModelArguments(model_name_or_path=model_dir, compute_dtype="fp32"),
                DataArguments(data=[str(data_file)], cutoff_len=96), PeftArguments(),
-               FinetuneArguments(output_dir=str(out), per_gpu_train_batch_size=BATCH, logging_steps=1,
-                                 save_steps=1000, **ft))
+               FinetuneArguments(output_dir=str(out), per_gpu_train_batch_size=BATCH, **ft))
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,22 @@ def test_select_budget_order_and_passes():
     assert sorted(token_counts(subset)[0].tolist()[:3]) == [2, 4, 6]  # the first pass holds every sample once
     again, _ = select_budget(data, tokens=13, seed=1)
     assert again["input_ids"] == subset["input_ids"]  # seeded: the same selection every time
+
+
+def test_a_resumed_run_reports_the_counts_and_mean_loss_of_the_whole_run(tiny_llama_dir, data_files, tmp_path):
+    """Stopped at a checkpoint and resumed, a run reports what a straight run does: supervised and
+    input tokens over every step (not only those after the resume) and train_loss over every step
+    (the Trainer alone averages the resumed call's steps)."""
+    import shutil
+
+    straight = _train(tiny_llama_dir, data_files["long"], tmp_path / "straight", max_steps=6, save_steps=2,
+                      logging_steps=3)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "straight" / "checkpoint-2", resumed_dir / "checkpoint-2")  # stopped after step 2
+    resumed = _train(tiny_llama_dir, data_files["long"], resumed_dir, max_steps=6, save_steps=2, logging_steps=3,
+                     resume_from_checkpoint=str(resumed_dir / "checkpoint-2"))
+    assert resumed["global_step"] == straight["global_step"] == 6
+    for key in ("supervised_tokens", "input_tokens"):
+        assert resumed[key] == straight[key], key
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-5)
