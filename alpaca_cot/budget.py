@@ -141,7 +141,75 @@ def _fingerprint(ids) -> bytes:
     return hashlib.blake2b(array.tobytes() + str(array.shape).encode(), digest_size=16).digest()
 
 
-class TokenCounter(TrainerCallback):
+class RunTotals(TrainerCallback):
+    """Totals of a run that survive a resume: the sum of the per-step training losses (and a subclass's
+    counts), written beside every checkpoint and read back by :meth:`restore`.
+
+    The Trainer's ``train_loss`` averages only the steps of the current ``train()`` call, so a run
+    stopped and resumed would report the mean of its second part; :meth:`whole_run_loss` turns it
+    into the mean over every step, as a run that went straight through reports. Set ``trainer``
+    after building the Trainer: the loss sum at a checkpoint is read from it.
+    """
+
+    COUNTS_FILE = "alpaca_cot_counts.json"
+
+    def __init__(self):
+        self.trainer = None
+        self.resumed_step = 0
+        self.resumed_loss_sum = 0.0
+
+    def saved_counts(self) -> dict:  # a subclass's own counts, saved with the loss sum
+        return {}
+
+    def restore_counts(self, counts: dict) -> None:
+        pass
+
+    @classmethod
+    def counts_file(cls, process_index: int) -> str:
+        return cls.COUNTS_FILE if process_index == 0 else cls.COUNTS_FILE.replace(".json", f"_{process_index}.json")
+
+    def on_save(self, args, state, control, **kwargs):
+        """Write the totals so far beside the checkpoint just saved (``checkpoint-<step>``), one file per
+        process (as the Trainer's ``rng_state_<i>.pth``)."""
+        import json
+        import os
+
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(folder):
+            return
+        # The Trainer keeps the losses of this call's steps as a drained sum plus a running tensor
+        # (transformers 5.x private attributes; the mean train_loss it reports is made from them).
+        trainer, session = self.trainer, None
+        if trainer is not None and hasattr(trainer, "_total_loss_scalar") and hasattr(trainer, "_tr_loss"):
+            session = trainer._total_loss_scalar + float(trainer._tr_loss.item())
+        totals = {"step": state.global_step, **self.saved_counts(),
+                  "loss_sum": None if session is None else self.resumed_loss_sum + session}
+        with open(os.path.join(folder, self.counts_file(args.process_index)), "w", encoding="utf-8") as f:
+            json.dump(totals, f)
+
+    def restore(self, checkpoint: str, process_index: int = 0) -> None:
+        """Continue the totals this process had in the run that wrote ``checkpoint`` (warns when it has none)."""
+        import json
+        from pathlib import Path
+
+        path = Path(checkpoint) / self.counts_file(process_index)
+        if not path.exists():
+            logger.warning("%s has no %s (written by an older version): token counts and train_loss cover only "
+                           "the steps after the resume", checkpoint, self.COUNTS_FILE)
+            return
+        totals = json.loads(path.read_text(encoding="utf-8"))
+        self.restore_counts(totals)
+        if totals.get("loss_sum") is not None:
+            self.resumed_step, self.resumed_loss_sum = totals["step"], totals["loss_sum"]
+
+    def whole_run_loss(self, session_loss: float | None, global_step: int) -> float | None:
+        """The mean training loss over every step of a resumed run, from the Trainer's mean over this call's steps."""
+        if session_loss is None or not self.resumed_step or global_step <= 0:
+            return session_loss
+        return (self.resumed_loss_sum + session_loss * (global_step - self.resumed_step)) / global_step
+
+
+class TokenCounter(RunTotals):
     """Counts the tokens of the micro-batches that trained, per source when samples carry ``source``.
 
     It wraps the data collator (which sees every batch, with its labels and sources) and hooks
@@ -152,16 +220,14 @@ class TokenCounter(TrainerCallback):
     arguments do not matter. Also records the wall time and tokens of the first steps, which
     ``study.py --estimate`` uses.
 
-    A resumed run continues the counts: every checkpoint gets ``COUNTS_FILE`` (the counts and the
-    sum of the per-step training losses so far) and :meth:`restore` reads it back, so a run stopped
-    and resumed reports the same totals (and, through :meth:`whole_run_loss`, the same mean
-    training loss) as one that ran through.
+    A resumed run continues the counts (see :class:`RunTotals`): a run stopped and resumed reports
+    the same totals and mean training loss as one that ran through.
     """
 
     FIRST_STEPS = 16
-    COUNTS_FILE = "alpaca_cot_counts.json"
 
     def __init__(self, collator):
+        super().__init__()
         self.collator = collator
         self.pending: dict[bytes, list] = {}
         self.supervised = 0
@@ -173,9 +239,6 @@ class TokenCounter(TrainerCallback):
         self.steps: list[list] = []  # [seconds, input tokens, supervised tokens] of the first steps
         self._step_start = None
         self._step_tokens = (0, 0)
-        self.trainer = None  # set by train.py: the loss sum at each checkpoint is read from it
-        self.resumed_step = 0
-        self.resumed_loss_sum = 0.0
 
     # ---- the collator side
     def __call__(self, features: list[dict]) -> dict:
@@ -230,51 +293,13 @@ class TokenCounter(TrainerCallback):
             self.steps.append([round(time.perf_counter() - self._step_start, 4), self.inputs - self._step_tokens[0],
                                self.supervised - self._step_tokens[1]])
 
-    def on_save(self, args, state, control, **kwargs):
-        """Write the counts so far beside the checkpoint just saved (``checkpoint-<step>``)."""
-        import json
-        import os
+    def saved_counts(self) -> dict:
+        return {"supervised_tokens": self.supervised, "input_tokens": self.inputs,
+                "supervised_tokens_by_source": dict(self.by_source)}
 
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if not os.path.isdir(folder):
-            return
-        # The Trainer keeps the losses of this call's steps as a drained sum plus a running tensor
-        # (transformers 5.x private attributes; the mean train_loss it reports is made from them).
-        trainer = self.trainer
-        session = None
-        if trainer is not None and hasattr(trainer, "_total_loss_scalar") and hasattr(trainer, "_tr_loss"):
-            session = trainer._total_loss_scalar + float(trainer._tr_loss.item())
-        counts = {"step": state.global_step, "supervised_tokens": self.supervised, "input_tokens": self.inputs,
-                  "supervised_tokens_by_source": dict(self.by_source),
-                  "loss_sum": None if session is None else self.resumed_loss_sum + session}
-        with open(os.path.join(folder, self.counts_file(args.process_index)), "w", encoding="utf-8") as f:
-            json.dump(counts, f)  # one file per process, as the Trainer's rng_state_<i>.pth: totals() sums them
-
-    @classmethod
-    def counts_file(cls, process_index: int) -> str:
-        return cls.COUNTS_FILE if process_index == 0 else cls.COUNTS_FILE.replace(".json", f"_{process_index}.json")
-
-    def restore(self, checkpoint: str, process_index: int = 0) -> None:
-        """Continue the counts this process had in the run that wrote ``checkpoint`` (warns when it has none)."""
-        import json
-        from pathlib import Path
-
-        path = Path(checkpoint) / self.counts_file(process_index)
-        if not path.exists():
-            logger.warning("%s has no %s (written by an older version): token counts and train_loss cover only "
-                           "the steps after the resume", checkpoint, self.COUNTS_FILE)
-            return
-        counts = json.loads(path.read_text(encoding="utf-8"))
+    def restore_counts(self, counts: dict) -> None:
         self.supervised, self.inputs = counts["supervised_tokens"], counts["input_tokens"]
         self.by_source = Counter(counts.get("supervised_tokens_by_source") or {})
-        if counts.get("loss_sum") is not None:
-            self.resumed_step, self.resumed_loss_sum = counts["step"], counts["loss_sum"]
-
-    def whole_run_loss(self, session_loss: float | None, global_step: int) -> float | None:
-        """The mean training loss over every step of a resumed run, from the Trainer's mean over this call's steps."""
-        if session_loss is None or not self.resumed_step or global_step <= 0:
-            return session_loss
-        return (self.resumed_loss_sum + session_loss * (global_step - self.resumed_step)) / global_step
 
     def totals(self) -> dict:
         """The counts over all processes (summed when training is distributed)."""

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from .budget import RunTotals
 from .cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArguments, PreferenceArguments
 from .data.preference import load_preference_data
 from .data.schema import DataError
@@ -301,21 +302,25 @@ def run(model_args: ModelArguments, data_args: DataArguments, peft_args: PeftArg
     if peft_config is not None:
         kwargs["peft_config"] = peft_config
     set_seed(ft_args.seed)
+    totals = RunTotals()  # train_loss over every step when resumed
     trainer = trainer_cls(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(val_rows) if has_eval else None, processing_class=tokenizer,
         callbacks=[InterruptCallback(), LossPlotCallback(output_dir), RewardPlotCallback(output_dir),
-                   FiniteGuard(output_dir), *method_callbacks(method, peft_args), *callbacks], **kwargs)
+                   FiniteGuard(output_dir), *method_callbacks(method, peft_args), totals, *callbacks], **kwargs)
+    totals.trainer = trainer
     upcast_trainable(trainer.model)  # TRL casts a quantized base's adapter to bf16; ours trains in fp32
     log_trainable(trainer.model)
     logger.info("%s: %s; reference: %s", stage, settings, reference)
     if checkpoint:
+        totals.restore(checkpoint, trainer.args.process_index)
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
         logger.info("resuming from %s at step %d (optimizer, scheduler and data position restored)",
                     checkpoint, state["global_step"])
     with interrupt_handler(trainer):
         result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics)
+    metrics["train_loss"] = totals.whole_run_loss(metrics.get("train_loss"), trainer.state.global_step)
     if has_eval:
         metrics.update(trainer.evaluate())
     last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})

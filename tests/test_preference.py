@@ -224,9 +224,10 @@ def test_resume_continues_exactly(tiny_llama_dir, tmp_path):
     import shutil
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(tiny_llama_dir, straight, "dpo", steps=4, save_steps=2)
+    whole = train(tiny_llama_dir, straight, "dpo", steps=4, save_steps=2)
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")  # as if stopped after step 2
-    train(tiny_llama_dir, resumed, "dpo", steps=4, save_steps=2, resume_from_checkpoint="latest")
+    second = train(tiny_llama_dir, resumed, "dpo", steps=4, save_steps=2, resume_from_checkpoint="latest")
+    assert second["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)  # over all 4 steps, not 3-4
     a = load_file(str(straight / "adapter_model.safetensors"))
     b = load_file(str(resumed / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
