@@ -293,8 +293,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def cache_key(records: list[dict], tokenizer, template, cutoff_len: int) -> str:
+    return _settings_key(json.dumps(records, ensure_ascii=False, sort_keys=True), tokenizer, template, cutoff_len)
+
+
+def _settings_key(content: str, tokenizer, template, cutoff_len: int) -> str:
+    """A cache key: ``content`` (the records, or a digest of them) and every setting that changes the tokens."""
     h = hashlib.sha256()
-    h.update(json.dumps(records, ensure_ascii=False, sort_keys=True).encode())
+    h.update(content.encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
     h.update(repr(template).encode())
     if getattr(tokenizer, "chat_template", None) and template.name == "chat":
@@ -416,17 +421,6 @@ def load_tokenized(folder):
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 
-def _full_key(content_key: str, tokenizer, template, cutoff_len: int) -> str:
-    h = hashlib.sha256()
-    h.update(content_key.encode())
-    h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(repr(template).encode())
-    if getattr(tokenizer, "chat_template", None) and template.name == "chat":
-        h.update(str(tokenizer.chat_template).encode())
-    h.update(f"{cutoff_len}:{FORMAT_VERSION}".encode())
-    return h.hexdigest()[:32]
-
-
 def tokenize_dataset(dataset, tokenizer, template, cutoff_len: int, *, key: str, num_workers: int = 1,
                      cache_dir=None):
     """Encode a records dataset (``data.records`` columns) once; later calls with the same key load it from disk.
@@ -443,7 +437,7 @@ def tokenize_dataset(dataset, tokenizer, template, cutoff_len: int, *, key: str,
 
     from .embedded import cache_home
 
-    full_key = _full_key(key, tokenizer, template, cutoff_len)
+    full_key = _settings_key(key, tokenizer, template, cutoff_len)
     folder = Path(cache_dir or cache_home() / "tokenized") / full_key
     report_file = folder / "report.json"
     if report_file.exists():

@@ -112,3 +112,13 @@ def isolated_cache(tmp_path, monkeypatch):
         (models / child.name).symlink_to(child)
     monkeypatch.setenv("ALPACA_COT_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="module")
+def module_cache_home(tmp_path_factory):
+    """$ALPACA_COT_HOME in a folder of the test module's own (its Arrow records cache starts empty);
+    use with ``pytestmark = pytest.mark.usefixtures("module_cache_home")``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ALPACA_COT_HOME", str(tmp_path_factory.mktemp("home")))
+    yield
+    mp.undo()

@@ -58,13 +58,7 @@ ENTRY_POINTS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_cache(tmp_path_factory):
-    """The Arrow records cache of these tests in a folder of their own."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ALPACA_COT_HOME", str(tmp_path_factory.mktemp("home")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_cache_home")  # the Arrow records cache of these tests
 
 
 @pytest.fixture(scope="module")

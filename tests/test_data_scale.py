@@ -34,12 +34,7 @@ def make(i: int, source: str | None = None) -> dict:
     return record
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ALPACA_COT_HOME", str(tmp_path_factory.mktemp("home")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_cache_home")  # the Arrow records cache of these tests
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,18 @@ def test_templates_go_cannot_express_are_refused(tokenizer):
 # ---------------------------------------------------------------- GGUF round trips
 
 
+def round_trip(gguf_path, hf_dir, tokenizer):
+    """``(model read from the GGUF file, model from the Hugging Face folder, PROMPT's ids, their logits:
+    GGUF's, the folder's)``, float32."""
+    from transformers import AutoModelForCausalLM
+
+    want = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    got = gguf_logits(gguf_path)
+    ids = tokenizer([PROMPT], return_tensors="pt")
+    with torch.no_grad():
+        return got, want, ids, (got(**ids).logits, want(**ids).logits)
+
+
 def gguf_logits(path: Path):
     from transformers import AutoModelForCausalLM
 
@@ -148,17 +160,11 @@ TOLERANCES = {"f16": 1e-2, "bf16": 1e-2, "q8_0": 3e-2}
 
 @pytest.mark.parametrize("kind", ["f16", "bf16", "q8_0"])
 def test_llama_fine_tune_round_trips_through_gguf(kind, merged, lora_out, tmp_path, tokenizer):
-    from transformers import AutoModelForCausalLM
-
     merged_dir, f16 = merged
     path = f16 if kind == "f16" else tmp_path / f"model-{kind}.gguf"
     if kind != "f16":
         merge_main(["--lora_dir", str(lora_out), "--gguf", str(path), "--gguf_type", kind])
-    want = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    got = gguf_logits(path)
-    ids = tokenizer([PROMPT], return_tensors="pt")
-    with torch.no_grad():
-        a, b = got(**ids).logits, want(**ids).logits
+    got, want, ids, (a, b) = round_trip(path, merged_dir, tokenizer)
     print(f"GGUF {kind}: max |logit difference| {(a - b).abs().max():.3g}, logits up to {b.abs().max():.3g}")
     assert (a - b).abs().max() <= TOLERANCES[kind], (kind, (a - b).abs().max())
     assert b.abs().max() > 0.5  # the adapter moved the logits well away from the random base's ~0.05
@@ -222,16 +228,10 @@ def tiny_full_model(family: str, folder: Path, tokenizer) -> Path:
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma3"])
 def test_qwen2_and_gemma3_round_trip(family, tokenizer, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     folder = tiny_full_model(family, tmp_path / family, tokenizer)
     path = tmp_path / f"{family}.gguf"
     merge_main(["--lora_dir", str(folder), "--gguf", str(path)])
-    want = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    got = gguf_logits(path)
-    ids = tokenizer([PROMPT], return_tensors="pt")
-    with torch.no_grad():
-        a, b = got(**ids).logits, want(**ids).logits
+    *_, (a, b) = round_trip(path, folder, tokenizer)
     print(f"GGUF {family} f16: max |logit difference| {(a - b).abs().max():.3g}, logits up to {b.abs().max():.3g}")
     assert b.abs().max() > 0.5 and (a - b).abs().max() <= TOLERANCES["f16"], (a - b).abs().max()
 
