@@ -12,7 +12,6 @@ tasks in lm-eval's YAML format (tests/fixtures/lm_eval/), scored as evaluate.py 
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 import evaluate
+from net import free_port
 
 pytest.importorskip("lm_eval", reason="needs lm-eval (requirements-dev.txt)")
 pytestmark = pytest.mark.slow
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tests" / "fixtures" / "lm_eval"
 MODEL = "smollm2-135m-instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

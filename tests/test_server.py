@@ -3,7 +3,6 @@ requests all answered, the API key enforced. One server (a tiny fine-tune) serve
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,12 @@ import pytest
 from alpaca_cot.api_schema import Message, chat_record
 from alpaca_cot.cli_args import DataArguments, FinetuneArguments, ModelArguments, PeftArguments
 from alpaca_cot.train import run
+from net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 HELLO = [{"role": "user", "content": "Say hello."}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
