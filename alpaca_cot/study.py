@@ -232,16 +232,20 @@ def _parse(groups, values: dict, where: str):
         raise StudyError(f"{where}: invalid flags {values} (see the error above)") from e
 
 
+def cell_refs(config: dict, cell) -> dict[str, str]:
+    """``{flag: cell name}`` for the flags of ``cell`` that name another cell's fine-tune ("{cell:NAME}")."""
+    flags = {**(config.get("train") or {}), **cell.flags}
+    return {k: m.group(1) for k, v in flags.items() if isinstance(v, str) for m in [CELL_REF.fullmatch(v)] if m}
+
+
 def train_flags(config: dict, run: Run) -> dict:
     """The ``uniform_finetune.py`` flags of a run: shared, budget, the cell's, its seed, rate and folder."""
     flags = dict(config.get("train") or {})
     for kind, value in (config.get("budget") or {}).items():
         flags[f"budget_{kind}"] = value
     flags.update(run.cell.flags)
-    for key, value in flags.items():  # "{cell:sft}": that cell's fine-tune at this seed, e.g. DPO from an SFT cell
-        match = CELL_REF.fullmatch(value) if isinstance(value, str) else None
-        if match:
-            flags[key] = str(run.cell.folder.parent / match.group(1) / f"seed{run.seed}" / "train")
+    for key, name in cell_refs(config, run.cell).items():  # that cell's fine-tune at this seed (DPO from SFT)
+        flags[key] = str(run.cell.folder.parent / name / f"seed{run.seed}" / "train")
     flags["seed"] = run.seed
     if run.lr is not None:
         flags["learning_rate"] = run.lr
@@ -259,8 +263,7 @@ def in_dependency_order(config: dict, cells: list, wanted: set[str]) -> list:
     by_name = {c.name: c for c in cells}
     starts_from = {}
     for c in cells:
-        flags = {**(config.get("train") or {}), **c.flags}
-        refs = [m.group(1) for v in flags.values() if isinstance(v, str) for m in [CELL_REF.fullmatch(v)] if m]
+        refs = list(cell_refs(config, c).values())
         for ref in refs:
             if ref not in by_name:
                 raise StudyError(f"cell {c.name}: {{cell:{ref}}} names no cell; cells: {', '.join(by_name)}")

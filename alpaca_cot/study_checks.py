@@ -174,10 +174,9 @@ def timing_flags(config: dict, run) -> dict:
     weights it starts from, so the estimate covers it before that cell is trained (and one probe
     serves every run that differs only in its starting adapter).
     """
-    from .study import CELL_REF, train_flags
+    from .study import cell_refs, train_flags
 
-    given = {**(config.get("train") or {}), **run.cell.flags}
-    refs = {k for k, v in given.items() if isinstance(v, str) and CELL_REF.fullmatch(v)}
+    refs = cell_refs(config, run.cell)
     return {k: v for k, v in train_flags(config, run).items() if k not in refs}
 
 
